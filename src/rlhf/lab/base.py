@@ -1,0 +1,272 @@
+"""The lab's tokenizer and "pre-trained" base model, made locally and cached.
+
+``build_base_model(spec)`` trains a byte-level BPE tokenizer on lab text (with a chat template and a
+PAD token distinct from EOS), builds a small Llama model from a config, pretrains it with a plain
+next-token loss on a corpus of lab documents, and saves both with ``save_pretrained`` under
+``$RLHF_HOME/lab/base-<hash of the spec>/`` (``RLHF_HOME`` defaults to ``~/.cache/rlhf``). Everything is
+deterministic from ``spec.seed``; a second call returns the cached folder.
+
+The corpus mixes plain documents ("Question: ... Answer: ...", lists of sums) with chat transcripts,
+and the responses in both are drawn uniformly from every demonstrator style: the base model knows the
+lab's language and the chat format but is no assistant (it complies with harmful requests, agrees with
+false claims, rambles and refuses at random). SFT and PPO have to make it one.
+
+Chat format (``<|end|>`` is EOS and ends every turn)::
+
+    <|bos|><|user|>What is 2 + 3?<|end|><|assistant|>2 + 3 = 5.<|end|>
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rlhf.lab import world
+from rlhf.lab.world import CATEGORIES, FAMILIES, STYLES, LabPrompt, make_prompt, respond
+
+PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|end|>"
+ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+SPECIAL_TOKENS = [PAD, BOS, EOS, *ROLE_TOKENS.values()]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role: ' + message['role']) }}"
+    "{% endif %}"
+    "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """What the lab base model is made from; its hash names the cache folder."""
+
+    seed: int = 0
+    vocab_size: int = 1024  # BPE vocabulary, special tokens included
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    block_size: int = 128  # pretraining sequence length (tokens)
+    max_positions: int = 512
+    n_docs: int = 40_000  # pretraining documents
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 5e-3
+    warmup_steps: int = 30
+
+    def digest(self) -> str:
+        """Names the cache folder: the spec, and the source of the world and of this module (a change to
+        either makes a new base model rather than reusing a stale one)."""
+        h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        for module in (world, sys.modules[__name__]):
+            h.update(Path(module.__file__).read_bytes())
+        return h.hexdigest()[:12]
+
+
+def rlhf_home() -> Path:
+    return Path(os.environ.get("RLHF_HOME", "~/.cache/rlhf")).expanduser()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Corpus
+# ---------------------------------------------------------------------------------------------------
+
+
+def _plain_document(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.15:  # a list of sums: arithmetic facts
+        pairs = [(rng.randint(0, 9), rng.randint(0, 9)) for _ in range(rng.randint(3, 8))]
+        return " ".join(f"{a} + {b} = {a + b}." for a, b in pairs)
+    if kind < 0.22:  # a list of category members
+        category = rng.choice(sorted(CATEGORIES))
+        items = rng.sample(CATEGORIES[category], rng.randint(2, 5))
+        return f"Some {category}: " + ", ".join(items) + "."
+    p = make_prompt(rng.choice(FAMILIES), rng)
+    return f"Question: {p.text}\nAnswer: {respond(p, rng.choice(STYLES), rng)}"
+
+
+def chat_example(rng: random.Random) -> tuple[LabPrompt, list[dict[str, str]]]:
+    """A one-turn conversation with a response in a uniformly drawn style."""
+    p = make_prompt(rng.choice(FAMILIES), rng)
+    return p, [*p.messages(), {"role": "assistant", "content": respond(p, rng.choice(STYLES), rng)}]
+
+
+def corpus(n_docs: int, seed: int, tokenizer: PreTrainedTokenizerFast | None = None) -> list[str]:
+    """``n_docs`` pretraining documents. With a tokenizer, 40% are chat transcripts rendered by its chat
+    template; without one (to train the tokenizer itself), all are plain text."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        if tokenizer is not None and rng.random() < 0.4:
+            docs.append(tokenizer.apply_chat_template(chat_example(rng)[1], tokenize=False))
+        else:
+            text = _plain_document(rng)
+            docs.append(text if tokenizer is None else f"{BOS}{text}{EOS}")
+    return docs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------------
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (any text encodes, no UNK) with the lab's special tokens and chat template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=list(ROLE_TOKENS.values()),
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=512,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model and pretraining
+# ---------------------------------------------------------------------------------------------------
+
+
+def make_model(spec: BaseModelSpec, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(spec.seed)
+    return LlamaForCausalLM(config)
+
+
+def pack(docs: list[str], tokenizer: PreTrainedTokenizerFast, block_size: int) -> torch.Tensor:
+    """Concatenate the documents' tokens and cut them into rows: ``(n_blocks, block_size)``."""
+    ids = [i for row in tokenizer(docs, add_special_tokens=False)["input_ids"] for i in row]
+    n = len(ids) // block_size
+    return torch.tensor(ids[: n * block_size]).view(n, block_size)
+
+
+@torch.no_grad()
+def lm_loss(model: LlamaForCausalLM, blocks: torch.Tensor, batch_size: int = 64) -> float:
+    """Mean next-token loss (nats per token) over packed blocks."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        batch = blocks[i : i + batch_size]
+        total += model(input_ids=batch, labels=batch).loss.item() * batch.numel()
+        count += batch.numel()
+    return total / count
+
+
+def pretrain(model: LlamaForCausalLM, blocks: torch.Tensor, spec: BaseModelSpec, log=print) -> list[float]:
+    """Next-token pretraining: AdamW, linear warmup, cosine decay. Returns the loss of every step."""
+    gen = torch.Generator().manual_seed(spec.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.1)
+
+    def lr_at(step: int) -> float:
+        if step < spec.warmup_steps:
+            return (step + 1) / spec.warmup_steps
+        progress = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    losses = []
+    for step in range(spec.steps):
+        idx = torch.randint(len(blocks), (spec.batch_size,), generator=gen)
+        batch = blocks[idx]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if log and (step % 100 == 0 or step == spec.steps - 1):
+            log(f"pretrain step {step + 1}/{spec.steps} loss {loss.item():.3f}")
+    return losses
+
+
+def build_base_model(spec: BaseModelSpec | None = None, home: Path | None = None, log=print) -> Path:
+    """Build (or find in the cache) the lab base model and tokenizer; return their folder.
+
+    The folder holds a ``transformers`` model and tokenizer (load them with ``from_pretrained``) and
+    ``lab_base.json``: the spec, the parameter count, the pretraining time and the held-out loss.
+    """
+    spec = spec or BaseModelSpec()
+    home = home or rlhf_home()
+    final = home / "lab" / f"base-{spec.digest()}"
+    if (final / "lab_base.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    random.seed(spec.seed)
+    tokenizer = train_tokenizer(corpus(spec.n_docs // 4, spec.seed), spec.vocab_size)
+    train_blocks = pack(corpus(spec.n_docs, spec.seed, tokenizer), tokenizer, spec.block_size)
+    heldout_blocks = pack(
+        corpus(max(200, spec.n_docs // 20), spec.seed + 1_000_003, tokenizer), tokenizer, spec.block_size
+    )
+    model = make_model(spec, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    if log:
+        log(f"lab base model: {n_params / 1e6:.2f}M parameters, {train_blocks.numel():,} pretraining tokens")
+    losses = pretrain(model, train_blocks, spec, log=log)
+    heldout = lm_loss(model, heldout_blocks)
+    seconds = time.perf_counter() - start
+    info = {
+        "spec": asdict(spec),
+        "n_params": n_params,
+        "pretrain_seconds": round(seconds, 1),
+        "train_loss_last50": sum(losses[-50:]) / len(losses[-50:]),
+        "heldout_loss": heldout,
+        "torch": torch.__version__,
+    }
+    # Write into a temporary folder beside the final one, then rename: a crash never leaves a folder
+    # that looks complete.
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-base-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "lab_base.json").write_text(json.dumps(info, indent=2))
+        if final.exists():  # left by an interrupted build (no lab_base.json): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if log:
+        log(f"lab base model ready in {seconds:.0f}s: held-out loss {heldout:.3f} -> {final}")
+    return final
