@@ -165,14 +165,65 @@ def data_inspect(source: str, split: str, on_error: str, show: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Training stages
+# ---------------------------------------------------------------------------------------------------
+
+
+def _stage_config(cls, args: tuple[str, ...]):
+    """``[CONFIG.yaml] [key=value ...]`` -> a validated config (errors exit with the message)."""
+    from rlhf.config import ConfigError, load_config
+
+    path = args[0] if args and "=" not in args[0] else None
+    overrides = list(args[1:] if path else args)
+    try:
+        return load_config(cls, path, overrides)
+    except ConfigError as e:
+        click.echo(f"config error:\n{e}", err=True)
+        sys.exit(2)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+def sft(args: tuple[str, ...]) -> None:
+    """Supervised fine-tuning: rlhf sft [CONFIG.yaml] [key=value ...] (e.g. optim.lr=3e-4 lora.r=16)."""
+    from rlhf.sft import SFTConfig, train_sft
+
+    train_sft(_stage_config(SFTConfig, args), log=lambda m: click.echo(m, err=True))
+
+
+# ---------------------------------------------------------------------------------------------------
 # rlhf demo
 # ---------------------------------------------------------------------------------------------------
 
 
 @main.command()
 @click.option("--preset", default="default", show_default=True, help="Lab annotator preset.")
-def demo(preset: str) -> None:
-    """The main job on the built-in default: the lab world, its base model and a look at its data."""
-    path = _build(0, None)
+@click.option("--output-dir", default="runs/demo", show_default=True, help="Where the demo's runs go.")
+def demo(preset: str, output_dir: str) -> None:
+    """The main job on the built-in default: the lab world and its base model, then SFT on the lab's
+    demonstrations, judged by the gold judge against the base model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf.lab.evaluate import gold_eval
+    from rlhf.sft import SFTConfig, train_sft
+    from rlhf.training import RunSettings
+
+    base = _build(0, None)
     _show(preset, 2000, 0)
-    _sample(path, 120, 8)
+    click.echo("\n== Stage 1: SFT on 2,000 lab demonstrations ==")
+    cfg = SFTConfig(max_length=128, run=RunSettings(output_dir=f"{output_dir}/sft", save_every=0))
+    sft_model = train_sft(cfg, log=lambda m: click.echo(m, err=True))
+    rows = {}
+    for name, path in (("base", base), ("sft", sft_model)):
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        rows[name] = gold_eval(model, tokenizer, n=240)
+    click.echo("\nGold utility on 240 held-out lab prompts (one sample each):")
+    families = list(rows["base"].by_family())
+    click.echo(f"  {'model':<6} {'mean':>7} " + " ".join(f"{f:>11}" for f in families) + "   words")
+    for name, report in rows.items():
+        by = report.by_family()
+        click.echo(
+            f"  {name:<6} {report.mean:+7.3f} "
+            + " ".join(f"{by[f]:+11.3f}" for f in families)
+            + f"   {report.mean_words():5.1f}"
+        )

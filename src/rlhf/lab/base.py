@@ -24,7 +24,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +35,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rlhf.lab import world
 from rlhf.lab.world import CATEGORIES, FAMILIES, STYLES, LabPrompt, make_prompt, respond
+
+# Bump when the corpus, tokenizer or pretraining code below changes what gets built.
+BUILD_VERSION = 2
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|end|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
@@ -71,11 +73,11 @@ class BaseModelSpec:
     warmup_steps: int = 30
 
     def digest(self) -> str:
-        """Names the cache folder: the spec, and the source of the world and of this module (a change to
-        either makes a new base model rather than reusing a stale one)."""
+        """Names the cache folder: the spec, :data:`BUILD_VERSION`, and the source of ``rlhf.lab.world``
+        (a change to the lab's text makes a new base model rather than reusing a stale one)."""
         h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
-        for module in (world, sys.modules[__name__]):
-            h.update(Path(module.__file__).read_bytes())
+        h.update(f"{BUILD_VERSION}".encode())
+        h.update(Path(world.__file__).read_bytes())
         return h.hexdigest()[:12]
 
 
@@ -127,9 +129,14 @@ def corpus(n_docs: int, seed: int, tokenizer: PreTrainedTokenizerFast | None = N
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (any text encodes, no UNK) with the lab's special tokens and chat template."""
+    """A byte-level BPE tokenizer (any text encodes, no UNK; digits split one by one) with the lab's special
+    tokens and chat template."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Digits are single tokens, never merged with a space or each other: "6" in "What is 6 + 5?" and in
+    # "6 + 5 = 11." is the same token, so copying a number is one attention lookup.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -1,0 +1,122 @@
+"""Stage configuration: YAML files with dotted ``key=value`` overrides, validated by pydantic.
+
+Every stage has one small config class (a pydantic model with a one-line description per field).
+``load_config(SFTConfig, "configs/sft_lab.yaml", ["lr=3e-4", "lora.r=8"])`` reads the file, applies the
+overrides (values parsed as YAML, so ``8`` is an int, ``true`` a bool, ``null`` None, ``[a, b]`` a list),
+and validates the result. Problems raise :class:`ConfigError` with every message at once, each naming
+the file and the dotted key: an unknown key (with the closest known keys), a wrong type, an impossible
+value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+C = TypeVar("C", bound="StageConfig")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message lists every problem found."""
+
+
+class StageConfig(BaseModel):
+    """Base of every stage's config: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"{where}: cannot set '{key}': '{part}' is a {type(child).__name__}, not a section"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}': expected key=value, e.g. lr=3e-4 or lora.r=8")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({e})") from None
+        if isinstance(value, str) and _FLOAT.fullmatch(value):  # YAML 1.1 reads 3e-4 as a string
+            value = float(value)
+        _set_dotted(tree, key.strip(), value, f"override '{item}'")
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def _known_keys(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, info in cls.model_fields.items():
+        keys.append(prefix + name)
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            keys += _known_keys(info.annotation, f"{prefix}{name}.")
+    return keys
+
+
+def _describe(cls: type[BaseModel], error: ValidationError, where: str) -> str:
+    lines = []
+    known = _known_keys(cls)
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            lines.append(f"{where}: unknown key '{key}'{hint}")
+        else:
+            lines.append(f"{where}: '{key}': {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
+    """Read ``path`` (YAML; None for the defaults), apply ``overrides``, validate as ``cls``."""
+    where = str(path) if path else "defaults"
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(loaded).__name__}")
+        tree = loaded or {}
+    if overrides:
+        tree = _merge(tree, parse_overrides(overrides))
+        where += " + overrides"
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_describe(cls, e, where)) from None

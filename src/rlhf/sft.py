@@ -1,0 +1,472 @@
+"""Stage 1: supervised fine-tuning.
+
+    rlhf sft configs/sft_lab.yaml                      # the lab base model on lab demonstrations
+    rlhf sft examples/sft_smollm2_hh.yaml max_steps=5  # SmolLM2-135M + LoRA on HH-RLHF chosen responses
+
+Data: prompt-completion rows (standard strings or conversational messages), language-modelling rows
+(``text``, or ``messages`` with the loss on every assistant turn), or preference rows (the prompt and
+the chosen response). Conversations are rendered with the tokenizer's chat template; the loss is on the
+completion / assistant tokens only unless ``completion_only_loss: false``.
+
+Loss normalisation: the summed NLL of a micro-batch is divided by the number of loss tokens in the
+whole optimisation step (all its micro-batches), so gradient accumulation gives the same update as one
+large batch (see ``rlhf.losses.sft_loss``).
+
+Truncation (``max_length``): with ``truncation: left`` a sequence too long loses tokens from the start
+of its prompt, so the response is kept whole; an example whose response alone does not fit is skipped.
+With ``truncation: drop`` every example too long is skipped. Skips are counted and reported.
+
+Padding: training batches are right-padded; ``attention_mask`` and ``loss_mask`` (True = real token /
+token to learn) mark what counts, so the PAD id never matters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from tqdm.auto import tqdm
+
+from rlhf import data as rdata
+from rlhf.config import StageConfig
+from rlhf.losses import sft_loss
+from rlhf.modeling import add_lora, count_parameters, load_causal_lm, load_tokenizer, model_for_saving
+from rlhf.training import (
+    LoraSettings,
+    MetricsLogger,
+    OptimSettings,
+    RunSettings,
+    atomic_dir,
+    autocast,
+    is_main_process,
+    list_checkpoints,
+    load_training_state,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
+    save_checkpoint,
+    save_pretrained,
+    seed_everything,
+    set_rng_state,
+)
+
+
+class SFTConfig(StageConfig):
+    """``rlhf sft`` settings. Defaults: the lab base model on 2,000 lab demonstrations."""
+
+    model: str = Field("lab", description="lab, smollm2, a local folder, or a hub name")
+    gguf_file: str | None = Field(None, description="a GGUF file inside the `model` folder to load")
+    data: str = Field(
+        "lab", description="lab (lab demonstrations), or a dataset: file, saved folder, hub name"
+    )
+    split: str = Field("train", description="split of a hub or saved dataset")
+    eval_data: str | None = Field(
+        None, description="evaluation dataset (null: hold out eval_fraction of data)"
+    )
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of data held out for eval loss")
+    limit: int | None = Field(None, ge=1, description="use at most this many training examples")
+    lab_examples: int = Field(2000, ge=1, description="demonstrations generated when data is lab")
+    on_error: Literal["raise", "skip"] = Field("raise", description="bad rows: stop, or skip and count")
+    max_length: int = Field(256, ge=8, description="longest tokenised example")
+    truncation: Literal["left", "drop"] = Field(
+        "left", description="too long: cut the prompt's start, or skip"
+    )
+    completion_only_loss: bool = Field(True, description="loss on completion/assistant tokens only")
+    packing: bool = Field(False, description="pack several examples into each max_length row")
+    batch_size: int = Field(16, ge=1, description="examples per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    max_steps: int | None = Field(300, ge=1, description="optimiser steps (null: use epochs)")
+    epochs: float = Field(1.0, gt=0, description="passes over the data when max_steps is null")
+    lab_eval_prompts: int = Field(120, ge=0, description="gold-judge evaluation prompts on the lab (0: off)")
+    optim: OptimSettings = Field(default_factory=OptimSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    run: RunSettings = Field(default_factory=lambda: RunSettings(output_dir="runs/sft"))
+
+    @model_validator(mode="after")
+    def _check(self) -> SFTConfig:
+        if self.gguf_file and self.model == "lab":
+            raise ValueError("gguf_file needs `model` to be the folder that holds it")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenisation
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    """One tokenised example. ``loss_mask[t]`` is True where token t is to be learned."""
+
+    input_ids: list[int]
+    loss_mask: list[bool]
+
+
+def _chat_ids(tokenizer, messages: Sequence[dict], generation_prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=generation_prompt
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _conversation(tokenizer, messages: Sequence[dict], learn_from: int, completion_only: bool) -> Example:
+    """Tokens of a conversation; the assistant turns at index >= ``learn_from`` are learned.
+
+    Each assistant turn's span is found by rendering the conversation up to it (with the generation
+    prompt) and up to its end: the template must render a prefix as a prefix, which we check.
+    """
+    ids = _chat_ids(tokenizer, messages, generation_prompt=False)
+    if not completion_only:
+        return Example(ids, [True] * len(ids))
+    mask = [False] * len(ids)
+    for i in range(learn_from, len(messages)):
+        if messages[i]["role"] != "assistant":
+            continue
+        start = _chat_ids(tokenizer, messages[:i], generation_prompt=True)
+        end = _chat_ids(tokenizer, messages[: i + 1], generation_prompt=False)
+        if ids[: len(start)] != start or ids[: len(end)] != end:
+            raise ValueError("the chat template does not render a conversation's beginning as a prefix of it")
+        mask[len(start) : len(end)] = [True] * (len(end) - len(start))
+    return Example(ids, mask)
+
+
+def tokenize(record, tokenizer, completion_only: bool = True) -> Example:
+    """Tokenise a record of ``rlhf.data`` (prompt-completion, language modelling, or preference: chosen)."""
+    if isinstance(record, rdata.Preference):
+        record = rdata.PromptCompletion(record.prompt, record.chosen)
+    if isinstance(record, rdata.LMExample):
+        if record.messages is not None:
+            return _conversation(tokenizer, record.messages, 0, completion_only)
+        ids = tokenizer(record.text)["input_ids"] + [tokenizer.eos_token_id]
+        return Example(ids, [True] * len(ids))
+    if isinstance(record.prompt, str):  # standard: prompt text + completion text + EOS
+        prompt = tokenizer(record.prompt)["input_ids"]
+        completion = tokenizer(record.completion, add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
+        return Example(prompt + completion, [not completion_only] * len(prompt) + [True] * len(completion))
+    messages = [*record.prompt, *record.completion]
+    return _conversation(tokenizer, messages, len(record.prompt), completion_only)
+
+
+def fit_length(ex: Example, max_length: int, truncation: str) -> Example | None:
+    """Apply the truncation policy (module docstring); None means skip the example."""
+    if len(ex.input_ids) <= max_length:
+        return ex
+    first = ex.loss_mask.index(True) if any(ex.loss_mask) else len(ex.input_ids)
+    cut = len(ex.input_ids) - max_length
+    if truncation == "drop" or cut > first:
+        return None
+    return Example(ex.input_ids[cut:], ex.loss_mask[cut:])
+
+
+def pack(examples: list[Example], max_length: int) -> list[Example]:
+    """Greedy packing of whole examples, in order, into rows of at most ``max_length`` tokens.
+    (Tokens of a row attend to the earlier examples of that row, as in classic packing.)"""
+    rows: list[Example] = []
+    for ex in examples:
+        if rows and len(rows[-1].input_ids) + len(ex.input_ids) <= max_length:
+            rows[-1] = Example(rows[-1].input_ids + ex.input_ids, rows[-1].loss_mask + ex.loss_mask)
+        else:
+            rows.append(Example(list(ex.input_ids), list(ex.loss_mask)))
+    return rows
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: input_ids, attention_mask, loss_mask, each (B, T)."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), width), dtype=torch.bool)
+    loss = torch.zeros((len(examples), width), dtype=torch.bool)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        attn[i, :n] = True
+        loss[i, :n] = torch.tensor(e.loss_mask)
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": loss}
+
+
+def prepare(records, tokenizer, cfg: SFTConfig, what: str, log) -> list[Example]:
+    """Tokenise, truncate (and pack) records; report what was truncated or skipped."""
+    out, counts = [], Counter()
+    for record in records:
+        ex = tokenize(record, tokenizer, cfg.completion_only_loss)
+        if not any(ex.loss_mask[1:]):
+            counts["no token to learn"] += 1
+            continue
+        fitted = fit_length(ex, cfg.max_length, cfg.truncation)
+        if fitted is None:
+            counts[f"longer than max_length={cfg.max_length}"] += 1
+            continue
+        if fitted is not ex:
+            counts["prompt start cut"] += 1
+        out.append(fitted)
+    if counts:
+        log(f"{what}: " + ", ".join(f"{reason}: {n}" for reason, n in counts.items()))
+    if not out:
+        raise ValueError(f"{what}: no example left after tokenisation ({dict(counts)})")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_records(cfg: SFTConfig, log) -> tuple[list, list]:
+    """Training and evaluation records (``rlhf.data`` records)."""
+    if cfg.data == "lab":
+        from rlhf.lab.datasets import demonstration_rows
+
+        train, report = rdata.load_sft(demonstration_rows(cfg.lab_examples, cfg.run.seed), limit=cfg.limit)
+        n_eval = max(16, int(cfg.lab_examples * cfg.eval_fraction)) if cfg.eval_fraction else 0
+        evals = rdata.load_sft(demonstration_rows(n_eval, cfg.run.seed + 7_777))[0] if n_eval else []
+        log(f"lab demonstrations: {report.summary()}")
+        return train, evals
+    train, report = rdata.load_sft(cfg.data, split=cfg.split, on_error=cfg.on_error)
+    log(f"{cfg.data}: {report.summary()}")
+    if cfg.eval_data:
+        evals, eval_report = rdata.load_sft(cfg.eval_data, split=cfg.split, on_error=cfg.on_error)
+        log(f"{cfg.eval_data}: {eval_report.summary()}")
+    else:  # a seeded hold-out
+        order = list(range(len(train)))
+        random.Random(cfg.run.seed).shuffle(order)
+        n_eval = int(len(train) * cfg.eval_fraction)
+        evals = [train[i] for i in order[:n_eval]]
+        train = [train[i] for i in sorted(order[n_eval:])]
+    return train[: cfg.limit] if cfg.limit else train, evals
+
+
+class Stream:
+    """The training examples in a seeded order, reshuffled every epoch; its position is saved in
+    checkpoints so a resumed run sees exactly the examples it would have seen."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, index: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.index = n, seed, epoch, index
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.index == self.n:
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._permutation()
+            out.append(self._order[self.index])
+            self.index += 1
+        return out
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int, device, bf16) -> float:
+    """Mean NLL per loss token over ``examples``."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size], pad_id).items()}
+        with autocast(device, bf16):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        _, stats = sft_loss(logits, batch["input_ids"], batch["loss_mask"], 1.0)
+        total += stats["nll_sum"].item()
+        count += stats["tokens"].item()
+    model.train()
+    return total / max(1, count)
+
+
+def lab_gold(model, tokenizer, n: int, device) -> dict[str, float]:
+    """Gold-judge utility of the model's samples on held-out lab prompts."""
+    from rlhf.lab.evaluate import gold_eval
+
+    report = gold_eval(model, tokenizer, n=n)
+    return {"gold_utility": report.mean, "response_words": report.mean_words()}
+
+
+def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
+    """Run SFT; return the folder of the final model. ``stop_after`` ends the run after that many
+    optimiser steps as if interrupted (the last checkpoint stays for ``resume``)."""
+    # 1. Run folder, seeds, device.
+    run_dir = Path(cfg.run.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    seed_everything(cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    log = log if is_main_process() else (lambda *_: None)
+
+    # 2. Model and tokenizer (+ LoRA, gradient checkpointing).
+    tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
+    model = load_causal_lm(cfg.model, cfg.gguf_file)
+    if cfg.run.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if cfg.lora.r:
+        if cfg.run.gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = add_lora(model, cfg.lora)
+    model.to(device).train()
+    trainable, total = count_parameters(model)
+    log(f"model {cfg.model}: {total:,} parameters, {trainable:,} trained")
+
+    # 3. Data.
+    train_records, eval_records = load_records(cfg, log)
+    train = prepare(train_records, tokenizer, cfg, "train", log)
+    evals = prepare(eval_records, tokenizer, cfg, "eval", log) if eval_records else []
+    if cfg.packing:
+        random.Random(cfg.run.seed).shuffle(train)
+        train = pack(train, cfg.max_length)
+    per_step = cfg.batch_size * cfg.grad_accum
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / per_step))
+    log(f"{len(train)} training rows, {len(evals)} eval rows; {total_steps} steps of {per_step} rows")
+
+    # 4. Optimiser, schedule, and the state of an interrupted run.
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = make_scheduler(optimizer, total_steps, cfg.optim)
+    stream, step = Stream(len(train), cfg.run.seed), 0
+    checkpoints = list_checkpoints(run_dir) if cfg.run.resume else []
+    if checkpoints:
+        step = _resume(checkpoints[-1], model, optimizer, scheduler, stream, cfg.lora.r > 0)
+        log(f"resumed from {checkpoints[-1]} at step {step}")
+    metrics = MetricsLogger(run_dir, cfg.run.tensorboard, resume_step=step)
+    if step == 0 and cfg.model == "lab" and cfg.lab_eval_prompts:
+        metrics.log(0, "eval", **lab_gold(model, tokenizer, cfg.lab_eval_prompts, device))
+
+    # 5. The loop: one optimiser step per iteration.
+    bar = tqdm(
+        total=total_steps, initial=step, desc="sft", disable=not (cfg.run.progress and is_main_process())
+    )
+    window = {"nll": 0.0, "tokens": 0, "seen": 0, "t0": time.perf_counter()}
+    while step < total_steps:
+        # 5a. This step's rows, split into micro-batches; the loss tokens of all of them normalise.
+        rows = [train[i] for i in stream.take(per_step)]
+        micro = [
+            collate(rows[i : i + cfg.batch_size], tokenizer.pad_token_id)
+            for i in range(0, per_step, cfg.batch_size)
+        ]
+        normalizer = sum(int(b["loss_mask"][:, 1:].sum()) for b in micro)
+        # 5b. Forward and backward each micro-batch.
+        for batch in micro:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(device, cfg.run.bf16):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss, stats = sft_loss(logits, batch["input_ids"], batch["loss_mask"], normalizer)
+            loss.backward()
+            window["nll"] += stats["nll_sum"].item()
+            window["tokens"] += int(stats["tokens"])
+            window["seen"] += int(batch["attention_mask"].sum())
+        # 5c. Clip, step, schedule.
+        grad_norm = _clip(model, cfg.optim.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+        # 6. Log, evaluate, checkpoint.
+        if step % cfg.run.log_every == 0 or step == total_steps:
+            seconds = time.perf_counter() - window["t0"]
+            loss_value = window["nll"] / max(1, window["tokens"])
+            metrics.log(
+                step, "train", loss=loss_value, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                tokens_per_s=window["seen"] / seconds, epoch=stream.epoch,
+            )  # fmt: skip
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+            window = {"nll": 0.0, "tokens": 0, "seen": 0, "t0": time.perf_counter()}
+        if evals and ((cfg.run.eval_every and step % cfg.run.eval_every == 0) or step == total_steps):
+            metrics.log(
+                step,
+                "eval",
+                loss=eval_loss(model, evals, tokenizer.pad_token_id, cfg.batch_size, device, cfg.run.bf16),
+            )
+        if is_main_process() and (
+            (cfg.run.save_every and step % cfg.run.save_every == 0) or step == stop_after
+        ):
+            save_checkpoint(
+                run_dir,
+                step,
+                model,
+                tokenizer,
+                optimizer,
+                scheduler,
+                stream.position(),
+                cfg.run.keep_checkpoints,
+            )
+        if stop_after is not None and step >= stop_after and step < total_steps:
+            bar.close()
+            metrics.close()
+            log(f"stopped after step {step}; run again to resume")
+            return run_dir
+    bar.close()
+
+    # 7. Final model (and, on the lab, the gold judge's verdict).
+    final = run_dir / "final"
+    if is_main_process():
+        with atomic_dir(final) as tmp:
+            save_pretrained(model_for_saving(model, cfg.lora), tokenizer, tmp)
+        if cfg.model == "lab" and cfg.lab_eval_prompts:
+            gold = lab_gold(model, tokenizer, cfg.lab_eval_prompts, device)
+            metrics.log(step, "eval", **gold)
+            (run_dir / "gold.json").write_text(json.dumps(gold, indent=2))
+            log(f"gold utility on {cfg.lab_eval_prompts} held-out lab prompts: {gold['gold_utility']:+.3f}")
+    metrics.close()
+    log(f"final model: {final}")
+    return final
+
+
+def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is None:
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def _resume(checkpoint: Path, model, optimizer, scheduler, stream: Stream, lora: bool) -> int:
+    """Load the weights, optimiser, schedule, RNG and data position of ``checkpoint``; return its step."""
+    from safetensors.torch import load_file
+
+    if lora:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
+    else:
+        state = {}
+        for shard in sorted(checkpoint.glob("*.safetensors")):
+            state.update(load_file(shard))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # Tied weights (lm_head = embeddings) are saved once; anything else missing is an error.
+        missing = [k for k in missing if k not in _tied_keys(model)]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{checkpoint}: weights do not match the model (missing {missing}, unexpected {unexpected})"
+            )
+    saved = load_training_state(checkpoint)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    stream.epoch, stream.index = saved["state"]["epoch"], saved["state"]["index"]
+    stream._order = stream._permutation()
+    return int(saved["step"])
+
+
+def _tied_keys(model) -> set[str]:
+    if getattr(model.config, "tie_word_embeddings", False):
+        return {"lm_head.weight"}
+    return set()

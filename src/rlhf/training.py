@@ -1,0 +1,292 @@
+"""Training infrastructure shared by every stage: device and precision, optimiser and schedule,
+atomic checkpoints with full training state, resumption, and metrics.
+
+Nothing here knows about a particular stage; the stage loops (``rlhf.sft``, ...) compose these parts.
+Rank-awareness: :func:`is_main_process` is True unless ``torch.distributed`` is initialised on a
+rank other than 0, and only the main process writes metrics and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+# ---------------------------------------------------------------------------------------------------
+# Settings shared by the stage configs
+# ---------------------------------------------------------------------------------------------------
+
+
+class OptimSettings(BaseModel):
+    """AdamW with warmup then decay, gradient clipping and accumulation."""
+
+    model_config = {"extra": "forbid"}
+
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    warmup_steps: int = Field(10, ge=0, description="linear warmup from 0 to lr over this many steps")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="the decay ends at lr * min_lr_ratio")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="clip the global gradient norm (null: no clipping)"
+    )
+
+
+class LoraSettings(BaseModel):
+    """LoRA through peft; ``r: 0`` trains all weights."""
+
+    model_config = {"extra": "forbid"}
+
+    r: int = Field(0, ge=0, description="LoRA rank (0: no LoRA, full fine-tuning)")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: str | list[str] = Field("all-linear", description="modules to adapt (peft syntax)")
+    merge_on_save: bool = Field(False, description="save the final model with the adapters merged in")
+
+
+class RunSettings(BaseModel):
+    """Where and how often a run writes, and how it uses the hardware."""
+
+    model_config = {"extra": "forbid"}
+
+    output_dir: str = Field("runs/sft", description="run folder: metrics, checkpoints, final model")
+    seed: int = Field(0, description="seed of data order, initialisation and sampling")
+    device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps")
+    bf16: Literal["auto", True, False] = Field("auto", description="bf16 autocast (auto: on for CUDA)")
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    log_every: int = Field(10, ge=1, description="steps between metric lines")
+    eval_every: int = Field(50, ge=0, description="steps between evaluations (0: only at the end)")
+    save_every: int = Field(100, ge=0, description="steps between checkpoints (0: only at the end)")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (older ones are deleted)")
+    resume: bool = Field(True, description="continue from the newest complete checkpoint in output_dir")
+    tensorboard: bool = Field(False, description="also write TensorBoard events (needs `tensorboard`)")
+    progress: bool = Field(True, description="show a progress bar")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Device and precision
+# ---------------------------------------------------------------------------------------------------
+
+
+def is_main_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, bf16: bool | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (``bf16="auto"`` or True); a no-op elsewhere unless ``bf16=True``."""
+    enabled = (bf16 == "auto" and device.type == "cuda") or bf16 is True
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optimiser and schedule
+# ---------------------------------------------------------------------------------------------------
+
+
+def make_optimizer(model: torch.nn.Module, s: OptimSettings) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on biases and norms (1-d tensors)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": s.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=s.lr, betas=s.betas)
+
+
+def lr_factor(step: int, total_steps: int, s: OptimSettings) -> float:
+    """Multiplier of the peak lr at ``step`` (0-based): linear warmup, then cosine/linear/constant decay."""
+    if step < s.warmup_steps:
+        return (step + 1) / (s.warmup_steps + 1)
+    if s.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - s.warmup_steps) / max(1, total_steps - s.warmup_steps))
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if s.schedule == "cosine" else 1 - progress
+    return s.min_lr_ratio + (1 - s.min_lr_ratio) * decay
+
+
+def make_scheduler(
+    opt: torch.optim.Optimizer, total_steps: int, s: OptimSettings
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total_steps, s))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------
+
+CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.pt"
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; on success it is renamed to ``final`` in one step,
+    so a crash mid-write never leaves a folder that looks complete."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Any]:
+    """Write a text file through a temporary file in the same folder, renamed over ``final`` at the end."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".tmp-{final.name}-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_pretrained(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
+    """``save_pretrained`` of the model (a peft model saves its adapters) and of the tokenizer."""
+    model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write ``run_dir/checkpoints/step-N`` atomically: the model (``save_pretrained``), and the training
+    state (optimiser, scheduler, RNG, plus ``state``: data position, counters); keep the newest ``keep``."""
+    final = run_dir / "checkpoints" / f"step-{step:07d}"
+    with atomic_dir(final) as tmp:
+        save_pretrained(model, tokenizer, tmp)
+        torch.save(
+            {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+                "state": state,
+            },
+            tmp / STATE_FILE,
+        )
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of interrupted writes are ignored)."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if CHECKPOINT_RE.match(p.name) and (p / STATE_FILE).exists()]
+    return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
+
+
+def load_training_state(checkpoint: Path) -> dict[str, Any]:
+    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------------
+
+
+class MetricsLogger:
+    """Appends one JSON object per line to ``run_dir/metrics.jsonl`` (and TensorBoard, if asked).
+
+    Lines carry ``step``, ``split`` ("train"/"eval") and ``time`` (seconds since the run started).
+    A run resumed from the checkpoint of step ``resume_step`` first drops the lines logged after it, so
+    the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False, resume_step: int = 0) -> None:
+        self.enabled = is_main_process()
+        self.path = run_dir / "metrics.jsonl"
+        self.start = time.perf_counter()
+        self.tb = None
+        if self.enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            kept = [row for row in read_metrics(run_dir) if row["step"] <= resume_step]
+            with atomic_file(self.path) as f:
+                f.writelines(json.dumps(row) + "\n" for row in kept)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, split: str, **values: float) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "split": split, "time": round(time.perf_counter() - self.start, 3), **values}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(f"{split}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )

@@ -1,0 +1,65 @@
+"""Stage configs: YAML + dotted overrides, validated with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rlhf.config import ConfigError, load_config, parse_overrides
+from rlhf.sft import SFTConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml"))
+STAGES = {"sft": SFTConfig}
+
+
+def test_there_are_shipped_configs():
+    assert len(SHIPPED) >= 2
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cls = STAGES[path.name.split("_")[0]]
+    cfg = load_config(cls, path)
+    assert cfg.run.output_dir.startswith("runs/")
+
+
+def test_overrides_are_typed_and_nested():
+    assert parse_overrides(["a.b=8", "c=true", "d=null", "e=[1, 2]", "f=3e-4"]) == {
+        "a": {"b": 8},
+        "c": True,
+        "d": None,
+        "e": [1, 2],
+        "f": 3e-4,
+    }
+    cfg = load_config(SFTConfig, ROOT / "configs/sft_lab.yaml", ["optim.lr=5e-4", "lora.r=8", "max_steps=7"])
+    assert (cfg.optim.lr, cfg.lora.r, cfg.max_steps) == (5e-4, 8, 7)
+    assert cfg.optim.warmup_steps == 10  # untouched keys keep the file's values
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "overrides", "message"),
+    [
+        ("optim:\n  lrr: 0.1\n", [], r"unknown key 'optim.lrr'; did you mean optim.lr"),
+        ("batch_size: big\n", [], r"'batch_size': .*integer.*'big'"),
+        ("optim:\n  lr: -1\n", [], r"'optim.lr': .*greater than 0"),
+        ("truncation: middle\n", [], r"'truncation': .*'left' or 'drop'"),
+        ("- a\n- b\n", [], r"expected a mapping"),
+        ("model: [unclosed\n", [], r"not valid YAML"),
+        ("{}", ["max_steps"], r"expected key=value"),
+        ("{}", ["max_steps.x=1"], r"unknown key 'max_steps'|'max_steps'"),
+        ("{}", ["gguf_file=x.gguf"], r"gguf_file needs"),
+    ],
+)
+def test_malformed_configs_give_clear_errors(tmp_path, yaml_text, overrides, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(SFTConfig, path, overrides)
+    assert "bad.yaml" in str(info.value) or "override" in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(SFTConfig, tmp_path / "nope.yaml")
