@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from rlhf.collect import CollectConfig
 from rlhf.config import ConfigError, load_config, parse_overrides
+from rlhf.reward import RMConfig
 from rlhf.sft import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml"))
-STAGES = {"sft": SFTConfig}
+STAGES = {"sft": SFTConfig, "rm": RMConfig, "collect": CollectConfig}
 
 
 def test_there_are_shipped_configs():
@@ -22,7 +24,8 @@ def test_there_are_shipped_configs():
 def test_every_shipped_config_validates(path):
     cls = STAGES[path.name.split("_")[0]]
     cfg = load_config(cls, path)
-    assert cfg.run.output_dir.startswith("runs/")
+    output_dir = cfg.output_dir if cls is CollectConfig else cfg.run.output_dir
+    assert output_dir.startswith("runs/")
 
 
 def test_overrides_are_typed_and_nested():

@@ -14,8 +14,8 @@ from rlhf.lab.evaluate import gold_eval
 
 # The bound on the default base model's held-out next-token loss (nats/token). The lab text has
 # irreducible randomness (sampled numbers, styles and phrasings), so the loss cannot go to zero; an
-# untrained model scores ln(vocab) ~ 6.9, a unigram model ~ 4.
-HELDOUT_LOSS_BOUND = 0.6
+# untrained model scores ln(vocab) ~ 6.9. Measured for the default spec: 0.445.
+HELDOUT_LOSS_BOUND = 0.55
 
 
 @pytest.fixture(scope="module")

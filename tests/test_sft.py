@@ -209,6 +209,6 @@ def test_lab_sft_beats_the_base_model(tmp_path, lab_base_path):
     assert [row["step"] for row in gold] == [0, 150]
     assert gold[1]["gold_utility"] > gold[0]["gold_utility"] + 0.05
     assert (
-        json.loads((Path(cfg.run.output_dir) / "gold.json").read_text())["gold_utility"]
+        json.loads((Path(cfg.run.output_dir) / "final" / "gold.json").read_text())["gold_utility"]
         == gold[1]["gold_utility"]
     )

@@ -191,6 +191,25 @@ def sft(args: tuple[str, ...]) -> None:
     train_sft(_stage_config(SFTConfig, args), log=lambda m: click.echo(m, err=True))
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+def collect(args: tuple[str, ...]) -> None:
+    """Preference collection on the lab: rlhf collect [CONFIG.yaml] [key=value ...]."""
+    from rlhf.collect import CollectConfig
+    from rlhf.collect import collect as run_collect
+
+    run_collect(_stage_config(CollectConfig, args), log=lambda m: click.echo(m, err=True))
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+def rm(args: tuple[str, ...]) -> None:
+    """Reward model: rlhf rm [CONFIG.yaml] [key=value ...] (e.g. lora.r=16 center_coef=0.01)."""
+    from rlhf.reward import RMConfig, train_rm
+
+    train_rm(_stage_config(RMConfig, args), log=lambda m: click.echo(m, err=True))
+
+
 # ---------------------------------------------------------------------------------------------------
 # rlhf demo
 # ---------------------------------------------------------------------------------------------------

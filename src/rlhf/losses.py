@@ -52,3 +52,42 @@ def sft_loss(
     mask = loss_mask[:, 1:]
     nll_sum = -masked_sum(logp, mask)
     return nll_sum / normalizer, {"nll_sum": nll_sum.detach(), "tokens": mask.sum()}
+
+
+def bradley_terry_loss(
+    r_chosen: torch.Tensor,
+    r_rejected: torch.Tensor,
+    margin: torch.Tensor | None = None,
+    tie: torch.Tensor | None = None,
+    center_coef: float = 0.0,
+    normalizer: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Bradley-Terry reward-model loss, ``-log sigmoid(r(P, chosen) - r(P, rejected) - margin)``.
+
+    r_chosen, r_rejected: (B,) scalar rewards; margin: (B,) or None, a required reward gap (Llama 2's
+    margin loss; 0 when None); tie: (B,) bool or None. A tie is a soft label of 1/2 (Rao-Kupper style):
+    ``-(log sigmoid(d) + log sigmoid(-d)) / 2``, smallest at d = 0, so tied responses are pulled
+    to equal rewards. ``center_coef`` adds ``center_coef * (r_chosen + r_rejected)^2`` (reward centering,
+    Eisenstein et al. 2023), which keeps the rewards near zero mean without changing their differences.
+
+    The per-pair losses are summed and divided by ``normalizer`` (the number of pairs in the whole
+    optimisation step; default: this batch's size), so gradient accumulation matches one large batch.
+    Stats: ``accuracy`` (share of decisive pairs with r_chosen > r_rejected) and ``margin`` (mean of
+    r_chosen - r_rejected), both over decisive pairs.
+    """
+    diff = r_chosen - r_rejected  # (B,)
+    shifted = diff - margin if margin is not None else diff
+    per_pair = -F.logsigmoid(shifted)
+    decisive = torch.ones_like(diff, dtype=torch.bool) if tie is None else ~tie
+    if tie is not None:
+        per_pair = torch.where(tie, -0.5 * (F.logsigmoid(diff) + F.logsigmoid(-diff)), per_pair)
+    if center_coef:
+        per_pair = per_pair + center_coef * (r_chosen + r_rejected) ** 2
+    loss = per_pair.sum() / (normalizer if normalizer is not None else len(diff))
+    with torch.no_grad():
+        stats = {
+            "accuracy": masked_mean((diff > 0).float(), decisive),
+            "margin": masked_mean(diff, decisive),
+            "pairs": decisive.sum(),
+        }
+    return loss, stats

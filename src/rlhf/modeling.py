@@ -76,7 +76,21 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     path, gguf = resolve_model(name, gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    return forget_gguf(AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs))
+
+
+def forget_gguf(model: PreTrainedModel) -> PreTrainedModel:
+    """A GGUF checkpoint is dequantized to ``dtype`` on load, but the model keeps a GGUF "quantizer" that
+    refuses ``save_pretrained``. The weights are plain tensors by then: drop it, so the model saves as an
+    ordinary transformers model."""
+    if (
+        getattr(model, "hf_quantizer", None) is not None
+        and "gguf" in str(model.hf_quantizer.quantization_config.quant_method).lower()
+    ):
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            delattr(model.config, "quantization_config")
+    return model
 
 
 def add_lora(model: PreTrainedModel, lora: LoraSettings, task_type: str = "CAUSAL_LM", modules_to_save=None):
@@ -109,3 +123,87 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts."""
     total = sum(p.numel() for p in model.parameters())
     return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scalar heads: reward models (and value models)
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_reward_model(
+    name: str, gguf_file: str | None = None, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
+    """``AutoModelForSequenceClassification`` with one label, from a causal LM (a new score head) or from
+    a saved reward model; ``pad_token_id`` set so that plain transformers batching works too."""
+    from transformers import AutoModelForSequenceClassification
+
+    path, gguf = resolve_model(name, gguf_file)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    model = forget_gguf(
+        AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **kwargs)
+    )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = load_tokenizer(name, gguf_file).pad_token_id
+    return model
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row: attention_mask (B, T) bool -> (B,) long.
+
+    Works for left padding, right padding and none, and never looks at token ids (so a PAD that is also
+    the EOS token cannot fool it)."""
+    T = attention_mask.shape[1]
+    return T - 1 - attention_mask.flip(-1).long().argmax(-1)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... over the real tokens of each row (PAD positions get 0): (B, T) -> (B, T)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _inner(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def token_scores(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """The scalar head applied at every position of a decoder: (B, T) -> (B, T).
+
+    For a reward model, the reward of a sequence is its score at the last real token; for a value model,
+    every position's score is the value of the state ending there.
+    """
+    inner = _inner(model)
+    backbone = getattr(inner, inner.base_model_prefix)
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+    ).last_hidden_state
+    return inner.score(hidden).squeeze(-1).float()
+
+
+def sequence_scores(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """One score per sequence, read at its last real token whatever the padding: (B, T) -> (B,).
+
+    Decoders (a ``score`` head) go through :func:`token_scores`; other models (encoders with their own
+    pooling) through their ``forward``."""
+    if not hasattr(_inner(model), "score"):
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
+    scores = token_scores(model, input_ids, attention_mask)
+    return scores.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
+
+
+def prepare_for_training(
+    model: PreTrainedModel, lora: LoraSettings, gradient_checkpointing: bool, task_type: str = "CAUSAL_LM",
+    modules_to_save: list[str] | None = None,
+) -> torch.nn.Module:  # fmt: skip
+    """Gradient checkpointing and LoRA, as a stage's config asks."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if lora.r:
+        if gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = add_lora(model, lora, task_type=task_type, modules_to_save=modules_to_save)
+    return model

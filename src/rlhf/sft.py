@@ -34,29 +34,21 @@ from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
-from tqdm.auto import tqdm
 
 from rlhf import data as rdata
 from rlhf.config import StageConfig
 from rlhf.losses import sft_loss
-from rlhf.modeling import add_lora, count_parameters, load_causal_lm, load_tokenizer, model_for_saving
+from rlhf.modeling import count_parameters, load_causal_lm, load_tokenizer, prepare_for_training
 from rlhf.training import (
     LoraSettings,
-    MetricsLogger,
     OptimSettings,
     RunSettings,
-    atomic_dir,
+    StageRun,
+    Stream,
     autocast,
-    is_main_process,
-    list_checkpoints,
-    load_training_state,
+    clip_gradients,
     make_optimizer,
     make_scheduler,
-    resolve_device,
-    save_checkpoint,
-    save_pretrained,
-    seed_everything,
-    set_rng_state,
 )
 
 
@@ -246,32 +238,6 @@ def load_records(cfg: SFTConfig, log) -> tuple[list, list]:
     return train[: cfg.limit] if cfg.limit else train, evals
 
 
-class Stream:
-    """The training examples in a seeded order, reshuffled every epoch; its position is saved in
-    checkpoints so a resumed run sees exactly the examples it would have seen."""
-
-    def __init__(self, n: int, seed: int, epoch: int = 0, index: int = 0) -> None:
-        self.n, self.seed, self.epoch, self.index = n, seed, epoch, index
-        self._order = self._permutation()
-
-    def _permutation(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            if self.index == self.n:
-                self.epoch, self.index = self.epoch + 1, 0
-                self._order = self._permutation()
-            out.append(self._order[self.index])
-            self.index += 1
-        return out
-
-    def position(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
-
-
 # ---------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------
@@ -293,7 +259,7 @@ def eval_loss(model, examples: list[Example], pad_id: int, batch_size: int, devi
     return total / max(1, count)
 
 
-def lab_gold(model, tokenizer, n: int, device) -> dict[str, float]:
+def lab_gold(model, tokenizer, n: int) -> dict[str, float]:
     """Gold-judge utility of the model's samples on held-out lab prompts."""
     from rlhf.lab.evaluate import gold_eval
 
@@ -303,26 +269,15 @@ def lab_gold(model, tokenizer, n: int, device) -> dict[str, float]:
 
 def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
     """Run SFT; return the folder of the final model. ``stop_after`` ends the run after that many
-    optimiser steps as if interrupted (the last checkpoint stays for ``resume``)."""
-    # 1. Run folder, seeds, device.
-    run_dir = Path(cfg.run.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    seed_everything(cfg.run.seed)
-    device = resolve_device(cfg.run.device)
-    log = log if is_main_process() else (lambda *_: None)
+    optimiser steps as if interrupted (its checkpoint stays for the next run to resume from)."""
+    # 1. Run folder, config.yaml, seeds, device.
+    run = StageRun(cfg, "sft", log, stop_after)
+    device, log = run.device, run.log
 
     # 2. Model and tokenizer (+ LoRA, gradient checkpointing).
     tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
     model = load_causal_lm(cfg.model, cfg.gguf_file)
-    if cfg.run.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    if cfg.lora.r:
-        if cfg.run.gradient_checkpointing:
-            model.enable_input_require_grads()
-        model = add_lora(model, cfg.lora)
-    model.to(device).train()
+    model = prepare_for_training(model, cfg.lora, cfg.run.gradient_checkpointing).to(device).train()
     trainable, total = count_parameters(model)
     log(f"model {cfg.model}: {total:,} parameters, {trainable:,} trained")
 
@@ -340,19 +295,13 @@ def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
     # 4. Optimiser, schedule, and the state of an interrupted run.
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, total_steps, cfg.optim)
-    stream, step = Stream(len(train), cfg.run.seed), 0
-    checkpoints = list_checkpoints(run_dir) if cfg.run.resume else []
-    if checkpoints:
-        step = _resume(checkpoints[-1], model, optimizer, scheduler, stream, cfg.lora.r > 0)
-        log(f"resumed from {checkpoints[-1]} at step {step}")
-    metrics = MetricsLogger(run_dir, cfg.run.tensorboard, resume_step=step)
-    if step == 0 and cfg.model == "lab" and cfg.lab_eval_prompts:
-        metrics.log(0, "eval", **lab_gold(model, tokenizer, cfg.lab_eval_prompts, device))
+    stream = Stream(len(train), cfg.run.seed)
+    step = run.start(model, optimizer, scheduler, stream, total_steps)
+    lab_eval = cfg.model == "lab" and cfg.lab_eval_prompts > 0
+    if step == 0 and lab_eval:
+        run.metrics.log(0, "eval", **lab_gold(model, tokenizer, cfg.lab_eval_prompts))
 
     # 5. The loop: one optimiser step per iteration.
-    bar = tqdm(
-        total=total_steps, initial=step, desc="sft", disable=not (cfg.run.progress and is_main_process())
-    )
     window = {"nll": 0.0, "tokens": 0, "seen": 0, "t0": time.perf_counter()}
     while step < total_steps:
         # 5a. This step's rows, split into micro-batches; the loss tokens of all of them normalise.
@@ -373,100 +322,34 @@ def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
             window["tokens"] += int(stats["tokens"])
             window["seen"] += int(batch["attention_mask"].sum())
         # 5c. Clip, step, schedule.
-        grad_norm = _clip(model, cfg.optim.max_grad_norm)
+        grad_norm = clip_gradients(model, cfg.optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        bar.update(1)
+        run.bar.update(1)
 
         # 6. Log, evaluate, checkpoint.
-        if step % cfg.run.log_every == 0 or step == total_steps:
-            seconds = time.perf_counter() - window["t0"]
+        if run.due(step, cfg.run.log_every):
             loss_value = window["nll"] / max(1, window["tokens"])
-            metrics.log(
+            run.metrics.log(
                 step, "train", loss=loss_value, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
-                tokens_per_s=window["seen"] / seconds, epoch=stream.epoch,
+                tokens_per_s=window["seen"] / (time.perf_counter() - window["t0"]), epoch=stream.epoch,
             )  # fmt: skip
-            bar.set_postfix(loss=f"{loss_value:.3f}")
+            run.bar.set_postfix(loss=f"{loss_value:.3f}")
             window = {"nll": 0.0, "tokens": 0, "seen": 0, "t0": time.perf_counter()}
-        if evals and ((cfg.run.eval_every and step % cfg.run.eval_every == 0) or step == total_steps):
-            metrics.log(
-                step,
-                "eval",
-                loss=eval_loss(model, evals, tokenizer.pad_token_id, cfg.batch_size, device, cfg.run.bf16),
-            )
-        if is_main_process() and (
-            (cfg.run.save_every and step % cfg.run.save_every == 0) or step == stop_after
-        ):
-            save_checkpoint(
-                run_dir,
-                step,
-                model,
-                tokenizer,
-                optimizer,
-                scheduler,
-                stream.position(),
-                cfg.run.keep_checkpoints,
-            )
-        if stop_after is not None and step >= stop_after and step < total_steps:
-            bar.close()
-            metrics.close()
-            log(f"stopped after step {step}; run again to resume")
-            return run_dir
-    bar.close()
+        if evals and run.due(step, cfg.run.eval_every):
+            value = eval_loss(model, evals, tokenizer.pad_token_id, cfg.batch_size, device, cfg.run.bf16)
+            run.metrics.log(step, "eval", loss=value)
+        run.checkpoint(step, model, tokenizer, optimizer, scheduler, stream)
+        if run.interrupted(step):
+            return run.dir
 
-    # 7. Final model (and, on the lab, the gold judge's verdict).
-    final = run_dir / "final"
-    if is_main_process():
-        with atomic_dir(final) as tmp:
-            save_pretrained(model_for_saving(model, cfg.lora), tokenizer, tmp)
-        if cfg.model == "lab" and cfg.lab_eval_prompts:
-            gold = lab_gold(model, tokenizer, cfg.lab_eval_prompts, device)
-            metrics.log(step, "eval", **gold)
-            (run_dir / "gold.json").write_text(json.dumps(gold, indent=2))
-            log(f"gold utility on {cfg.lab_eval_prompts} held-out lab prompts: {gold['gold_utility']:+.3f}")
-    metrics.close()
-    log(f"final model: {final}")
-    return final
-
-
-def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    if max_norm is None:
-        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-
-
-def _resume(checkpoint: Path, model, optimizer, scheduler, stream: Stream, lora: bool) -> int:
-    """Load the weights, optimiser, schedule, RNG and data position of ``checkpoint``; return its step."""
-    from safetensors.torch import load_file
-
-    if lora:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
-    else:
-        state = {}
-        for shard in sorted(checkpoint.glob("*.safetensors")):
-            state.update(load_file(shard))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        # Tied weights (lm_head = embeddings) are saved once; anything else missing is an error.
-        missing = [k for k in missing if k not in _tied_keys(model)]
-        if missing or unexpected:
-            raise RuntimeError(
-                f"{checkpoint}: weights do not match the model (missing {missing}, unexpected {unexpected})"
-            )
-    saved = load_training_state(checkpoint)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    set_rng_state(saved["rng"])
-    stream.epoch, stream.index = saved["state"]["epoch"], saved["state"]["index"]
-    stream._order = stream._permutation()
-    return int(saved["step"])
-
-
-def _tied_keys(model) -> set[str]:
-    if getattr(model.config, "tie_word_embeddings", False):
-        return {"lm_head.weight"}
-    return set()
+    # 7. On the lab, the gold judge's verdict; then the final model.
+    extra = {}
+    if lab_eval:
+        gold = lab_gold(model, tokenizer, cfg.lab_eval_prompts)
+        run.metrics.log(step, "eval", **gold)
+        extra["gold.json"] = json.dumps(gold, indent=2)
+        log(f"gold utility on {cfg.lab_eval_prompts} held-out lab prompts: {gold['gold_utility']:+.3f}")
+    return run.finish(model, tokenizer, cfg.lora, extra)

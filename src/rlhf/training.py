@@ -242,6 +242,80 @@ def load_training_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
 
 
+def resume_from(checkpoint: Path, model: torch.nn.Module, optimizer, scheduler, stream: Stream) -> int:
+    """Load the weights, optimiser, schedule, RNG and data position of ``checkpoint``; return its step.
+
+    A peft model gets its adapters (and ``modules_to_save``) back; a plain model its full weights.
+    """
+    from safetensors.torch import load_file
+
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
+    else:
+        state = {}
+        for shard in sorted(checkpoint.glob("*.safetensors")):
+            state.update(load_file(shard))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # Tied weights (an lm_head that is the embedding matrix) are saved once.
+        tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+        missing = [k for k in missing if k not in tied]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{checkpoint}: weights do not match the model (missing {missing}, unexpected {unexpected})"
+            )
+    saved = load_training_state(checkpoint)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    stream.seek(**saved["state"]["stream"])
+    return int(saved["step"])
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> float:
+    """Clip the global gradient norm to ``max_norm`` (None: no clipping); return the norm before."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is None:
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data order
+# ---------------------------------------------------------------------------------------------------
+
+
+class Stream:
+    """The training examples in a seeded order, reshuffled every epoch; its position is saved in
+    checkpoints so a resumed run sees exactly the examples it would have seen."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, index: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.index = n, seed, epoch, index
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.index == self.n:
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._permutation()
+            out.append(self._order[self.index])
+            self.index += 1
+        return out
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def seek(self, epoch: int, index: int) -> None:
+        self.epoch, self.index = epoch, index
+        self._order = self._permutation()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------------------------
@@ -290,3 +364,97 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return (
         [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# What every stage's loop shares
+# ---------------------------------------------------------------------------------------------------
+
+
+class StageRun:
+    """The parts of a training loop that are not the stage's own: the run folder, seeds and device;
+    resuming; metrics and the progress bar; when to log, evaluate and checkpoint; the final save.
+
+    A stage's loop reads top-down with it::
+
+        run = StageRun(cfg, "sft", log)                   # 1. folder, config.yaml, seeds, device
+        ...                                                # 2-3. model, data (the stage's own)
+        step = run.start(model, optimizer, scheduler, stream, total_steps)  # 4. resume
+        while step < run.total_steps:
+            ...                                            # 5. the stage's update
+            step += 1
+            if run.due(step, settings.log_every): run.metrics.log(step, "train", ...)
+            run.checkpoint(step, ...)                     # 6. on its cadence
+            if run.interrupted(step): return run.dir
+        final = run.finish(model, tokenizer, lora)         # 7. the final model
+    """
+
+    def __init__(self, cfg: Any, name: str, log=print, stop_after: int | None = None) -> None:
+        self.settings: RunSettings = cfg.run
+        self.name = name
+        self.dir = Path(self.settings.output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            with atomic_file(self.dir / "config.yaml") as f:
+                f.write(cfg.to_yaml())
+        seed_everything(self.settings.seed)
+        self.device = resolve_device(self.settings.device)
+        self.log = log if is_main_process() else (lambda *_: None)
+        self.stop_after = stop_after
+        self.total_steps = 0
+        self.metrics: MetricsLogger | None = None
+        self.bar = None
+
+    def start(self, model, optimizer, scheduler, stream: Stream, total_steps: int) -> int:
+        """Resume from the newest complete checkpoint (if ``resume``); open metrics and the bar; return the step."""
+        from tqdm.auto import tqdm
+
+        self.total_steps, step = total_steps, 0
+        checkpoints = list_checkpoints(self.dir) if self.settings.resume else []
+        if checkpoints:
+            step = resume_from(checkpoints[-1], model, optimizer, scheduler, stream)
+            self.log(f"resumed from {checkpoints[-1]} at step {step}")
+        self.metrics = MetricsLogger(self.dir, self.settings.tensorboard, resume_step=step)
+        show = self.settings.progress and is_main_process()
+        self.bar = tqdm(total=total_steps, initial=step, desc=self.name, disable=not show)
+        return step
+
+    def due(self, step: int, every: int) -> bool:
+        """True every ``every`` steps (0: never) and at the last step."""
+        return bool(every and step % every == 0) or step == self.total_steps
+
+    def checkpoint(self, step: int, model, tokenizer, optimizer, scheduler, stream: Stream) -> None:
+        """Save a checkpoint on the ``save_every`` cadence, and where ``stop_after`` stops the run."""
+        s = self.settings
+        periodic = s.save_every and step % s.save_every == 0 and step < self.total_steps
+        if is_main_process() and (periodic or step == self.stop_after):
+            state = {"stream": stream.position()}
+            save_checkpoint(self.dir, step, model, tokenizer, optimizer, scheduler, state, s.keep_checkpoints)
+
+    def interrupted(self, step: int) -> bool:
+        """True when ``stop_after`` ends the run here (as if interrupted; resume picks it up)."""
+        if self.stop_after is None or step < self.stop_after or step >= self.total_steps:
+            return False
+        self.close()
+        self.log(f"stopped after step {step}; run again to resume")
+        return True
+
+    def finish(self, model, tokenizer, lora: LoraSettings, extra_files: dict[str, str] | None = None) -> Path:
+        """Write ``final/`` atomically (merged LoRA if ``merge_on_save``), with ``extra_files``."""
+        from rlhf.modeling import model_for_saving
+
+        final = self.dir / "final"
+        if is_main_process():
+            with atomic_dir(final) as tmp:
+                save_pretrained(model_for_saving(model, lora), tokenizer, tmp)
+                for name, text in (extra_files or {}).items():
+                    (tmp / name).write_text(text)
+        self.close()
+        self.log(f"final model: {final}")
+        return final
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()

@@ -1,0 +1,326 @@
+"""Stage 2: the reward model.
+
+    rlhf rm configs/rm_lab.yaml                      # on pairs from `rlhf collect`
+    rlhf rm examples/rm_smollm2_hh.yaml              # SmolLM2-135M + LoRA on HH-RLHF pairs
+
+A reward model is ``AutoModelForSequenceClassification`` with one label, initialised from the SFT model
+(a new score head) or any Hugging Face model. The reward r(P, R) of a prompt and response is the score
+head read at the last real token of the rendered conversation, found from the attention mask, so left,
+right or no padding give the same reward (``rlhf.modeling.sequence_scores``).
+
+Loss: Bradley-Terry, ``-log sigmoid(r(P, chosen) - r(P, rejected) - margin)``, with the ``margin``
+column when the data has one (``use_margin``), an optional reward-centering term, and ties (a ``tie``
+column that is True) trained toward equal rewards or skipped (``ties``); see
+``rlhf.losses.bradley_terry_loss``.
+
+Each evaluation logs the pairwise accuracy, the mean margin, the calibration of
+P(A > B) = sigmoid(r(A) - r(B)) (expected calibration error; the bins go to ``calibration.json``) and
+the correlation of reward with response length. At the end, the reward's mean and standard deviation
+over the training responses (for lab data: samples of the SFT policy) are stored in the final folder as
+``reward_stats.json``, for PPO to normalise with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from rlhf import data as rdata
+from rlhf.config import StageConfig
+from rlhf.losses import bradley_terry_loss
+from rlhf.modeling import (
+    count_parameters,
+    load_reward_model,
+    load_tokenizer,
+    prepare_for_training,
+    sequence_scores,
+)
+from rlhf.sft import Example, collate, fit_length, tokenize
+from rlhf.training import (
+    LoraSettings,
+    OptimSettings,
+    RunSettings,
+    StageRun,
+    Stream,
+    autocast,
+    clip_gradients,
+    make_optimizer,
+    make_scheduler,
+)
+
+
+class RMConfig(StageConfig):
+    """``rlhf rm`` settings. Defaults: the lab SFT model on pairs written by ``rlhf collect``."""
+
+    model: str = Field("runs/sft-lab/final", description="initial model: SFT folder, lab, smollm2, hub name")
+    gguf_file: str | None = Field(None, description="a GGUF file inside the `model` folder to load")
+    data: str = Field(
+        "runs/prefs-lab/train.jsonl", description="preference dataset: file, saved folder, hub name"
+    )
+    eval_data: str | None = Field(
+        "runs/prefs-lab/eval.jsonl", description="eval pairs (null: hold out eval_fraction)"
+    )
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="share of data held out when eval_data is null")
+    split: str = Field("train", description="split of a hub or saved dataset")
+    limit: int | None = Field(None, ge=1, description="use at most this many training pairs")
+    on_error: Literal["raise", "skip"] = Field("raise", description="bad rows: stop, or skip and count")
+    max_length: int = Field(256, ge=8, description="longest tokenised prompt + response")
+    use_margin: bool = Field(True, description="use the `margin` column when the data has one")
+    center_coef: float = Field(0.0, ge=0, description="reward-centering coefficient (0: off)")
+    ties: Literal["equal", "skip"] = Field("equal", description="tied pairs: pull rewards together, or skip")
+    batch_size: int = Field(16, ge=1, description="pairs per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    max_steps: int | None = Field(None, ge=1, description="optimiser steps (null: use epochs)")
+    epochs: float = Field(2.0, gt=0, description="passes over the data when max_steps is null")
+    optim: OptimSettings = Field(default_factory=lambda: OptimSettings(lr=5e-4))
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    run: RunSettings = Field(default_factory=lambda: RunSettings(output_dir="runs/rm-lab"))
+
+
+@dataclass
+class Pair:
+    """One tokenised preference pair (the loss masks mark each response's tokens)."""
+
+    chosen: Example
+    rejected: Example
+    margin: float
+    tie: bool
+
+
+def tokenize_pair(record: rdata.Preference, tokenizer, max_length: int) -> Pair | None:
+    """Render prompt + chosen and prompt + rejected like SFT examples; None if a response does not fit."""
+    chosen = fit_length(
+        tokenize(rdata.PromptCompletion(record.prompt, record.chosen), tokenizer), max_length, "left"
+    )
+    rejected = fit_length(
+        tokenize(rdata.PromptCompletion(record.prompt, record.rejected), tokenizer), max_length, "left"
+    )
+    if chosen is None or rejected is None:
+        return None
+    return Pair(chosen, rejected, float(record.margin or 0.0), bool(record.meta.get("tie", False)))
+
+
+def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen sequences then rejected ones, right-padded in one batch of 2B rows."""
+    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+    batch["margin"] = torch.tensor([p.margin for p in pairs])
+    batch["tie"] = torch.tensor([p.tie for p in pairs])
+    return batch
+
+
+def pair_rewards(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(r_chosen, r_rejected)``, each (B,)."""
+    rewards = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+    n = len(batch["margin"])
+    return rewards[:n], rewards[n:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation metrics (pure functions)
+# ---------------------------------------------------------------------------------------------------
+
+
+def calibration(p_pred: torch.Tensor, outcome: torch.Tensor, bins: int = 10) -> tuple[float, list[dict]]:
+    """Expected calibration error and per-bin ``{lo, hi, predicted, observed, count}`` of predicted
+    probabilities ``p_pred`` (N,) against binary outcomes (N,)."""
+    edges = torch.linspace(0, 1, bins + 1)
+    index = torch.bucketize(p_pred, edges[1:-1], right=False)  # (N,) in 0..bins-1
+    table, ece = [], 0.0
+    for b in range(bins):
+        member = index == b
+        n = int(member.sum())
+        if n == 0:
+            continue
+        predicted, observed = p_pred[member].mean().item(), outcome[member].float().mean().item()
+        ece += n / len(p_pred) * abs(predicted - observed)
+        table.append(
+            {
+                "lo": edges[b].item(),
+                "hi": edges[b + 1].item(),
+                "predicted": predicted,
+                "observed": observed,
+                "count": n,
+            }
+        )
+    return ece, table
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    denom = (x.norm() * y.norm()).item()
+    return (x @ y).item() / denom if denom else 0.0
+
+
+@torch.no_grad()
+def evaluate_pairs(
+    model, pairs: list[Pair], pad_id: int, batch_size: int, device, bf16
+) -> tuple[dict[str, float], list[dict]]:
+    """Accuracy, mean margin, calibration and reward-length correlation over ``pairs`` (ties left out of
+    accuracy and calibration)."""
+    model.eval()
+    r_c, r_r = [], []
+    for i in range(0, len(pairs), batch_size):
+        batch = {k: v.to(device) for k, v in collate_pairs(pairs[i : i + batch_size], pad_id).items()}
+        with autocast(device, bf16):
+            c, r = pair_rewards(model, batch)
+        r_c.append(c.cpu())
+        r_r.append(r.cpu())
+    model.train()
+    r_c, r_r = torch.cat(r_c), torch.cat(r_r)
+    decisive = torch.tensor([not p.tie for p in pairs])
+    diff = (r_c - r_r)[decisive]
+    # Calibration needs both outcomes: present each pair as (A, B) with A the chosen one in even rows.
+    flip = torch.arange(len(diff)) % 2 == 1
+    p_first = torch.sigmoid(torch.where(flip, -diff, diff))
+    ece, table = calibration(p_first, ~flip)
+    lengths = torch.tensor(
+        [sum(p.chosen.loss_mask) for p in pairs] + [sum(p.rejected.loss_mask) for p in pairs]
+    )
+    metrics = {
+        "accuracy": (diff > 0).float().mean().item(),
+        "margin": diff.mean().item(),
+        "ece": ece,
+        "reward_length_corr": pearson(torch.cat([r_c, r_r]), lengths),
+        "reward_mean": torch.cat([r_c, r_r]).mean().item(),
+    }
+    return metrics, table
+
+
+@torch.no_grad()
+def reward_stats(model, pairs: list[Pair], pad_id: int, batch_size: int, device, bf16) -> dict[str, float]:
+    """Mean and standard deviation of the reward over the distinct responses of ``pairs``."""
+    model.eval()
+    seen, examples = set(), []
+    for p in pairs:
+        for ex in (p.chosen, p.rejected):
+            if tuple(ex.input_ids) not in seen:
+                seen.add(tuple(ex.input_ids))
+                examples.append(ex)
+    rewards = []
+    for i in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[i : i + batch_size], pad_id).items()}
+        with autocast(device, bf16):
+            rewards.append(sequence_scores(model, batch["input_ids"], batch["attention_mask"]).cpu())
+    r = torch.cat(rewards)
+    return {"mean": r.mean().item(), "std": r.std().item(), "n": len(r)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_pairs(cfg: RMConfig, tokenizer, log) -> tuple[list[Pair], list[Pair]]:
+    train, report = rdata.load_preferences(cfg.data, split=cfg.split, on_error=cfg.on_error)
+    log(f"{cfg.data}: {report.summary()}")
+    if cfg.eval_data:
+        evals, eval_report = rdata.load_preferences(cfg.eval_data, split=cfg.split, on_error=cfg.on_error)
+        log(f"{cfg.eval_data}: {eval_report.summary()}")
+    else:  # a seeded hold-out: the last eval_fraction of a seeded order
+        g = torch.Generator().manual_seed(cfg.run.seed)
+        order = torch.randperm(len(train), generator=g).tolist()
+        n_eval = int(len(train) * cfg.eval_fraction)
+        evals, train = [train[i] for i in order[:n_eval]], [train[i] for i in sorted(order[n_eval:])]
+    train = train[: cfg.limit] if cfg.limit else train
+    out = []
+    for what, records in (("train", train), ("eval", evals)):
+        pairs = [tokenize_pair(r, tokenizer, cfg.max_length) for r in records]
+        kept = [p for p in pairs if p is not None and not (p.tie and cfg.ties == "skip" and what == "train")]
+        if not cfg.use_margin:
+            kept = [Pair(p.chosen, p.rejected, 0.0, p.tie) for p in kept]
+        if len(kept) < len(pairs):
+            log(
+                f"{what}: skipped {len(pairs) - len(kept)} pairs (a response longer than max_length={cfg.max_length}, or a tie)"
+            )
+        out.append(kept)
+    if not out[0]:
+        raise ValueError(f"{cfg.data}: no training pair left")
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------
+
+
+def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
+    """Train the reward model; return the final folder. ``stop_after``: as in ``rlhf.sft.train_sft``."""
+    # 1. Run folder, config.yaml, seeds, device.
+    run = StageRun(cfg, "rm", log, stop_after)
+    device, log = run.device, run.log
+
+    # 2. Model (a one-label sequence classifier) and tokenizer; with LoRA the score head trains in full.
+    tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
+    model = load_reward_model(cfg.model, cfg.gguf_file)
+    model = prepare_for_training(model, cfg.lora, cfg.run.gradient_checkpointing, "SEQ_CLS", ["score"])
+    model.to(device).train()
+    trainable, total = count_parameters(model)
+    log(f"reward model from {cfg.model}: {total:,} parameters, {trainable:,} trained")
+
+    # 3. Data.
+    train, evals = load_pairs(cfg, tokenizer, log)
+    per_step = cfg.batch_size * cfg.grad_accum
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / per_step))
+    log(f"{len(train)} training pairs, {len(evals)} eval pairs; {total_steps} steps of {per_step} pairs")
+
+    # 4. Optimiser, schedule, and the state of an interrupted run.
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = make_scheduler(optimizer, total_steps, cfg.optim)
+    stream = Stream(len(train), cfg.run.seed)
+    step = run.start(model, optimizer, scheduler, stream, total_steps)
+    pad_id = tokenizer.pad_token_id
+
+    # 5. The loop: one optimiser step per iteration.
+    window = {"loss": 0.0, "pairs": 0, "correct": 0.0, "decisive": 0, "t0": time.perf_counter()}
+    while step < total_steps:
+        # 5a. This step's pairs in micro-batches; the loss is averaged over all pairs of the step.
+        rows = [train[i] for i in stream.take(per_step)]
+        for i in range(0, per_step, cfg.batch_size):
+            batch = {k: v.to(device) for k, v in collate_pairs(rows[i : i + cfg.batch_size], pad_id).items()}
+            with autocast(device, cfg.run.bf16):
+                r_chosen, r_rejected = pair_rewards(model, batch)
+            loss, stats = bradley_terry_loss(
+                r_chosen, r_rejected, batch["margin"], batch["tie"], cfg.center_coef, normalizer=per_step
+            )
+            loss.backward()
+            window["loss"] += loss.item() * per_step
+            window["pairs"] += len(r_chosen)
+            window["correct"] += (stats["accuracy"] * stats["pairs"]).item()
+            window["decisive"] += int(stats["pairs"])
+        # 5b. Clip, step, schedule.
+        grad_norm = clip_gradients(model, cfg.optim.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        run.bar.update(1)
+
+        # 6. Log, evaluate, checkpoint.
+        if run.due(step, cfg.run.log_every):
+            loss_value = window["loss"] / max(1, window["pairs"])
+            run.metrics.log(
+                step, "train", loss=loss_value, accuracy=window["correct"] / max(1, window["decisive"]),
+                lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                pairs_per_s=window["pairs"] / (time.perf_counter() - window["t0"]), epoch=stream.epoch,
+            )  # fmt: skip
+            run.bar.set_postfix(loss=f"{loss_value:.3f}")
+            window = {"loss": 0.0, "pairs": 0, "correct": 0.0, "decisive": 0, "t0": time.perf_counter()}
+        if evals and run.due(step, cfg.run.eval_every):
+            values, table = evaluate_pairs(model, evals, pad_id, cfg.batch_size, device, cfg.run.bf16)
+            run.metrics.log(step, "eval", **values)
+            (run.dir / "calibration.json").write_text(json.dumps({"step": step, "bins": table}, indent=2))
+        run.checkpoint(step, model, tokenizer, optimizer, scheduler, stream)
+        if run.interrupted(step):
+            return run.dir
+
+    # 7. The final model, with the reward statistics PPO normalises with.
+    stats = reward_stats(model, train, pad_id, cfg.batch_size, device, cfg.run.bf16)
+    log(f"reward on training responses: mean {stats['mean']:+.3f}, std {stats['std']:.3f}")
+    return run.finish(model, tokenizer, cfg.lora, {"reward_stats.json": json.dumps(stats, indent=2)})

@@ -1,0 +1,232 @@
+"""Stage 2: preference collection and the reward model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhf import data as rdata
+from rlhf.collect import CollectConfig, collect
+from rlhf.config import load_config
+from rlhf.losses import bradley_terry_loss
+from rlhf.modeling import last_token_index, load_reward_model, sequence_scores
+from rlhf.reward import RMConfig, calibration, pearson, tokenize_pair, train_rm
+from rlhf.training import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _log_sigmoid(x: float) -> float:
+    return -math.log(1 + math.exp(-x))
+
+
+def test_bradley_terry_hand_worked():
+    r_c, r_r = torch.tensor([2.0, 0.5]), torch.tensor([1.0, 1.5])  # differences +1 and -1
+    loss, stats = bradley_terry_loss(r_c, r_r)
+    assert loss.item() == pytest.approx(-(_log_sigmoid(1.0) + _log_sigmoid(-1.0)) / 2)
+    assert stats["accuracy"].item() == 0.5 and stats["margin"].item() == pytest.approx(0.0)
+    # A margin of 0.5 on the first pair: -log sigmoid(1 - 0.5).
+    loss, _ = bradley_terry_loss(r_c, r_r, margin=torch.tensor([0.5, 0.0]))
+    assert loss.item() == pytest.approx(-(_log_sigmoid(0.5) + _log_sigmoid(-1.0)) / 2)
+    # Centering adds coef * (r_c + r_r)^2: (3^2 + 2^2) * 0.1 / 2 on top of the plain loss.
+    loss, _ = bradley_terry_loss(r_c, r_r, center_coef=0.1)
+    assert loss.item() == pytest.approx(-(_log_sigmoid(1.0) + _log_sigmoid(-1.0)) / 2 + 0.1 * (9 + 4) / 2)
+    # A tie is a soft label of 1/2: -(log sigmoid(d) + log sigmoid(-d)) / 2, and leaves the accuracy.
+    loss, stats = bradley_terry_loss(r_c, r_r, tie=torch.tensor([True, False]))
+    tie_term = -(_log_sigmoid(1.0) + _log_sigmoid(-1.0)) / 2
+    assert loss.item() == pytest.approx((tie_term - _log_sigmoid(-1.0)) / 2)
+    assert stats["accuracy"].item() == 0.0 and stats["pairs"].item() == 1
+    # The step normaliser: 4 pairs in the step, 2 in this micro-batch.
+    assert bradley_terry_loss(r_c, r_r, normalizer=4)[0].item() == pytest.approx(
+        bradley_terry_loss(r_c, r_r)[0].item() / 2
+    )
+
+
+def test_tie_loss_is_smallest_at_equal_rewards():
+    tie = torch.tensor([True])
+    losses = [
+        bradley_terry_loss(torch.tensor([d]), torch.tensor([0.0]), tie=tie)[0].item()
+        for d in (-1.0, 0.0, 1.0)
+    ]
+    assert losses[1] < losses[0] and losses[1] < losses[2]
+    assert losses[1] == pytest.approx(math.log(2))
+
+
+def test_calibration_and_pearson():
+    p = torch.tensor([0.1, 0.1, 0.9, 0.9])
+    ece, table = calibration(p, torch.tensor([False, False, True, False]))
+    # bin [0, 0.1): no; 0.1 lies in bin [0.1, 0.2): predicted 0.1, observed 0; bin [0.9, 1]: 0.9 vs 0.5
+    assert ece == pytest.approx(0.5 * 0.1 + 0.5 * 0.4)
+    assert [b["count"] for b in table] == [2, 2]
+    assert pearson(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 6.0])) == pytest.approx(1.0)
+    assert pearson(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
+
+
+def test_last_token_index_for_every_padding():
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert last_token_index(right).tolist() == [2, 4]
+    assert last_token_index(left).tolist() == [4, 4]
+
+
+@pytest.fixture(scope="module")
+def tok(lab_base_path):
+    return AutoTokenizer.from_pretrained(lab_base_path)
+
+
+@pytest.fixture(scope="module")
+def fresh_rm(lab_base_path):
+    torch.manual_seed(0)
+    return load_reward_model(str(lab_base_path)).eval()
+
+
+def test_score_is_read_at_the_same_token_for_any_padding(tok, fresh_rm):
+    texts = [
+        "<|bos|><|user|>What is 2 + 3?<|end|><|assistant|>2 + 3 = 5.<|end|>",
+        "<|bos|><|user|>Hi<|end|><|assistant|>Hello.<|end|>",
+    ]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    with torch.no_grad():
+        alone = torch.cat(
+            [
+                sequence_scores(fresh_rm, torch.tensor([x]), torch.ones(1, len(x), dtype=torch.bool))
+                for x in ids
+            ]
+        )
+        scores = {}
+        for side in ("left", "right"):
+            tok.padding_side = side
+            batch = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+            scores[side] = sequence_scores(fresh_rm, batch["input_ids"], batch["attention_mask"].bool())
+        tok.padding_side = "right"
+    torch.testing.assert_close(scores["left"], alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores["right"], alone, atol=1e-5, rtol=1e-5)
+    # Plain transformers (which finds the last non-PAD id) agrees where PAD is distinct from EOS.
+    with torch.no_grad():
+        plain = fresh_rm(
+            **tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        ).logits.squeeze(-1)
+    torch.testing.assert_close(plain, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_explicit_and_implicit_prompt_tokenise_the_same(tok):
+    prompt = [{"role": "user", "content": "What is 2 + 3?"}]
+    explicit = rdata.parse_row(
+        {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": "5."}],
+            "rejected": [{"role": "assistant", "content": "6."}],
+        }
+    )
+    implicit = rdata.parse_row(
+        {
+            "chosen": [*prompt, {"role": "assistant", "content": "5."}],
+            "rejected": [*prompt, {"role": "assistant", "content": "6."}],
+        }
+    )
+    hh = rdata.parse_row(
+        {
+            "chosen": "\n\nHuman: What is 2 + 3?\n\nAssistant: 5.",
+            "rejected": "\n\nHuman: What is 2 + 3?\n\nAssistant: 6.",
+        }
+    )
+    a, b, c = (tokenize_pair(r, tok, 128) for r in (explicit, implicit, hh))
+    assert a.chosen.input_ids == b.chosen.input_ids == c.chosen.input_ids
+    assert a.rejected.input_ids == b.rejected.input_ids == c.rejected.input_ids
+    assert a.chosen.input_ids != a.rejected.input_ids
+
+
+# ---------------------------------------------------------------------------------------------------
+# Collection and training on the lab
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab_prefs(tmp_path_factory, lab_base_path) -> Path:
+    """Pairs sampled from the lab base model (a stand-in policy), labelled by default annotators."""
+    out = tmp_path_factory.mktemp("prefs")
+    cfg = CollectConfig(policy=str(lab_base_path), prompts=600, k=4, output_dir=str(out), seed=1)
+    return collect(cfg, log=lambda *_: None)
+
+
+def test_collect_writes_labelled_preference_data(lab_prefs):
+    summary = json.loads((lab_prefs / "summary.json").read_text())
+    assert summary["train"]["pairs"] > 500 and summary["eval"]["pairs"] > 50
+    assert summary["train"]["chosen_is_gold_better"] > 0.8  # the annotators follow the gold judge
+    assert 0.6 < summary["train"]["bayes_accuracy"] < 1.0
+    records, report = rdata.load_preferences(lab_prefs / "train.jsonl")
+    assert report.n_loaded == summary["train"]["pairs"]
+    meta = records[0].meta
+    assert {"annotator", "p_chosen", "p_rejected", "p_tie", "tie", "shown_first", "family"} <= set(meta)
+    assert meta["p_chosen"] + meta["p_rejected"] + meta["p_tie"] == pytest.approx(1.0)
+
+
+def test_collect_is_reproducible(tmp_path, lab_base_path):
+    runs = [
+        collect(
+            CollectConfig(policy=str(lab_base_path), prompts=40, k=4, output_dir=str(tmp_path / n), seed=3),
+            log=lambda *_: None,
+        )
+        for n in "ab"
+    ]
+    assert (runs[0] / "train.jsonl").read_text() == (runs[1] / "train.jsonl").read_text()
+
+
+def _rm_cfg(tmp_path: Path, prefs: Path, base: Path, name: str, *overrides: str) -> RMConfig:
+    return load_config(
+        RMConfig,
+        ROOT / "configs/rm_lab.yaml",
+        [
+            f"model={base}",
+            f"data={prefs / 'train.jsonl'}",
+            f"eval_data={prefs / 'eval.jsonl'}",
+            f"run.output_dir={tmp_path / name}",
+            "run.progress=false",
+            *overrides,
+        ],
+    )
+
+
+def test_lab_reward_model_learns_the_preferences(tmp_path, lab_prefs, lab_base_path):
+    cfg = _rm_cfg(tmp_path, lab_prefs, lab_base_path, "rm", "epochs=2", "optim.lr=1e-3", "run.eval_every=0")
+    final = train_rm(cfg, log=lambda *_: None)
+    evals = [row for row in read_metrics(cfg.run.output_dir) if row["split"] == "eval"]
+    assert evals[-1]["accuracy"] > 0.6  # chance is 0.5
+    stats = json.loads((final / "reward_stats.json").read_text())
+    assert stats["std"] > 0 and stats["n"] > 500
+    assert (Path(cfg.run.output_dir) / "calibration.json").exists()
+
+
+def test_lora_score_head_survives_save_and_load(tmp_path, lab_prefs, lab_base_path, tok):
+    common = ("max_steps=4", "run.eval_every=0", "lora.r=4", "optim.lr=5e-3", "limit=64")
+    adapters = train_rm(_rm_cfg(tmp_path, lab_prefs, lab_base_path, "lora", *common), log=lambda *_: None)
+    merged = train_rm(
+        _rm_cfg(tmp_path, lab_prefs, lab_base_path, "merged", *common, "lora.merge_on_save=true"),
+        log=lambda *_: None,
+    )
+    texts = [
+        "<|bos|><|user|>What is 2 + 3?<|end|><|assistant|>2 + 3 = 5.<|end|>",
+        "<|bos|><|user|>Hi<|end|><|assistant|>No.<|end|>",
+    ]
+    batch = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        plain_merged = AutoModelForSequenceClassification.from_pretrained(merged)(**batch).logits.squeeze(-1)
+        ours_merged = sequence_scores(
+            load_reward_model(str(merged)), batch["input_ids"], batch["attention_mask"].bool()
+        )
+        from peft import PeftModel
+
+        base = AutoModelForSequenceClassification.from_pretrained(lab_base_path, num_labels=1)
+        head_before = base.score.weight.clone()
+        with_adapters = PeftModel.from_pretrained(base, adapters)
+        ours_adapters = sequence_scores(with_adapters, batch["input_ids"], batch["attention_mask"].bool())
+    torch.testing.assert_close(plain_merged, ours_merged, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours_adapters, ours_merged, atol=1e-4, rtol=1e-4)  # the trained head came back
+    assert not torch.equal(
+        with_adapters.base_model.model.score.modules_to_save["default"].weight, head_before
+    )
