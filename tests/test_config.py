@@ -66,3 +66,20 @@ def test_malformed_configs_give_clear_errors(tmp_path, yaml_text, overrides, mes
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(SFTConfig, tmp_path / "nope.yaml")
+
+
+def test_cli_reports_config_errors_and_data_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from rlhf.cli import main
+
+    result = CliRunner().invoke(main, ["sft", "optim.lrr=1"])
+    assert result.exit_code == 2
+    assert "unknown key 'optim.lrr'; did you mean optim.lr" in result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "completion": "there"}\n{"prompt": "hi", "completion": 7}\n')
+    result = CliRunner().invoke(main, ["data", "inspect", str(bad)])
+    assert result.exit_code == 1
+    assert "bad.jsonl:2" in result.output and "completion" in result.output
+    result = CliRunner().invoke(main, ["data", "inspect", str(bad), "--on-error", "skip"])
+    assert result.exit_code == 0 and "loaded 1 of 2 rows" in result.output

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from conftest import shared_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf.config import load_config
+from rlhf.reward import RMConfig, train_rm
 from rlhf.sft import SFTConfig, train_sft
 from rlhf.training import read_metrics
 
@@ -33,3 +34,24 @@ def test_smollm2_lora_sft_on_hh_rlhf(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(final)  # merged LoRA: a plain transformers model
     tokenizer = AutoTokenizer.from_pretrained(final)
     assert model.config.model_type == "llama" and tokenizer.chat_template
+
+
+@pytest.mark.slow
+def test_smollm2_lora_reward_model_on_hh_rlhf(tmp_path):
+    hh = shared_file("hh-rlhf-harmless-base.sample.jsonl.gz")
+    cfg = load_config(
+        RMConfig,
+        ROOT / "examples/rm_smollm2_hh.yaml",
+        [
+            f"data={hh}",
+            f"run.output_dir={tmp_path / 'rm'}",
+            "max_steps=3",
+            "stats_responses=16",
+            "run.progress=false",
+        ],
+    )
+    final = train_rm(cfg)
+    evals = [row for row in read_metrics(cfg.run.output_dir) if row["split"] == "eval"]
+    assert len(evals) == 1 and 0.0 <= evals[0]["accuracy"] <= 1.0
+    model = AutoModelForSequenceClassification.from_pretrained(final)  # merged LoRA, score head included
+    assert model.config.num_labels == 1 and (final / "reward_stats.json").exists()

@@ -219,19 +219,28 @@ def rm(args: tuple[str, ...]) -> None:
 @click.option("--preset", default="default", show_default=True, help="Lab annotator preset.")
 @click.option("--output-dir", default="runs/demo", show_default=True, help="Where the demo's runs go.")
 def demo(preset: str, output_dir: str) -> None:
-    """The main job on the built-in default: the lab world and its base model, then SFT on the lab's
-    demonstrations, judged by the gold judge against the base model."""
+    """The main job on the built-in default: the lab world and its base model; SFT on the lab's
+    demonstrations, judged by the gold judge against the base model; preference collection from the SFT
+    model and a reward model trained on it. A rerun skips the stages whose final output exists."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rlhf.collect import CollectConfig, collect
     from rlhf.lab.evaluate import gold_eval
+    from rlhf.reward import RMConfig, train_rm
     from rlhf.sft import SFTConfig, train_sft
-    from rlhf.training import RunSettings
+    from rlhf.training import OptimSettings, RunSettings, read_metrics
 
+    echo = lambda m: click.echo(m, err=True)  # noqa: E731
+    out = Path(output_dir)
     base = _build(0, None)
     _show(preset, 2000, 0)
+
     click.echo("\n== Stage 1: SFT on 2,000 lab demonstrations ==")
-    cfg = SFTConfig(max_length=128, run=RunSettings(output_dir=f"{output_dir}/sft", save_every=0))
-    sft_model = train_sft(cfg, log=lambda m: click.echo(m, err=True))
+    sft_model = out / "sft" / "final"
+    if not sft_model.exists():
+        train_sft(
+            SFTConfig(max_length=128, run=RunSettings(output_dir=str(out / "sft"), save_every=0)), log=echo
+        )
     rows = {}
     for name, path in (("base", base), ("sft", sft_model)):
         model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -241,8 +250,30 @@ def demo(preset: str, output_dir: str) -> None:
     click.echo(f"  {'model':<6} {'mean':>7} " + " ".join(f"{f:>11}" for f in families) + "   words")
     for name, report in rows.items():
         by = report.by_family()
-        click.echo(
-            f"  {name:<6} {report.mean:+7.3f} "
-            + " ".join(f"{by[f]:+11.3f}" for f in families)
-            + f"   {report.mean_words():5.1f}"
+        click.echo(f"  {name:<6} {report.mean:+7.3f} " + " ".join(f"{by[f]:+11.3f}" for f in families)
+                   + f"   {report.mean_words():5.1f}")  # fmt: skip
+
+    click.echo(
+        f"\n== Preference collection: the SFT model answers 1,000 prompts 4 times; '{preset}' annotators label =="
+    )
+    prefs = out / "prefs"
+    if not (prefs / "summary.json").exists():
+        collect(
+            CollectConfig(policy=str(sft_model), preset=preset, prompts=1000, output_dir=str(prefs)), log=echo
         )
+    bayes = json.loads((prefs / "summary.json").read_text())["eval"]["bayes_accuracy"]
+
+    click.echo("\n== Stage 2: the reward model (Bradley-Terry) ==")
+    rm_dir = out / "rm"
+    if not (rm_dir / "final").exists():
+        cfg = RMConfig(
+            model=str(sft_model), data=str(prefs / "train.jsonl"), eval_data=str(prefs / "eval.jsonl"),
+            max_length=128, batch_size=32, optim=OptimSettings(lr=1e-3, warmup_steps=10),
+            run=RunSettings(output_dir=str(rm_dir), save_every=0, eval_every=0),
+        )  # fmt: skip
+        train_rm(cfg, log=echo)
+    final = [row for row in read_metrics(rm_dir) if row["split"] == "eval"][-1]
+    click.echo(
+        f"  held-out pairwise accuracy {final['accuracy']:.3f} (Bayes-optimal {bayes:.3f}), "
+        f"calibration error {final['ece']:.3f}, reward-length correlation {final['reward_length_corr']:+.2f}"
+    )

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf.config import StageConfig
 from rlhf.data import write_jsonl
@@ -34,13 +33,16 @@ from rlhf.lab.annotators import bayes_accuracy, get_preset, with_ties
 from rlhf.lab.judge import gold_utility, n_words
 from rlhf.lab.preferences import label_pair
 from rlhf.lab.world import sample_prompts
+from rlhf.modeling import load_causal_lm, load_tokenizer
 from rlhf.sampling import generate
 
 
 class CollectConfig(StageConfig):
     """``rlhf collect`` settings."""
 
-    policy: str = Field("runs/sft-lab/final", description="the model that writes the responses (a folder)")
+    policy: str = Field(
+        "runs/sft-lab/final", description="the model that writes the responses (folder, lab, ...)"
+    )
     preset: str = Field("default", description="annotator preset: default, length-biased, sycophantic")
     tie_prob: float = Field(0.0, ge=0, lt=1, description="annotators may call ties (see rlhf.lab.annotators)")
     prompts: int = Field(1500, ge=2, description="lab prompts")
@@ -66,8 +68,7 @@ def collect(cfg: CollectConfig, log=print) -> Path:
     """Run the collection; return the output folder."""
     out = Path(cfg.output_dir)
     preset = with_ties(get_preset(cfg.preset), cfg.tie_prob) if cfg.tie_prob else get_preset(cfg.preset)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.policy)
-    model = AutoModelForCausalLM.from_pretrained(cfg.policy)
+    tokenizer, model = load_tokenizer(cfg.policy), load_causal_lm(cfg.policy)
 
     # 1. Prompts, each repeated k times, sampled in one batched pass.
     prompts = sample_prompts(cfg.prompts, seed=cfg.seed + 424_242)

@@ -17,13 +17,12 @@ Each evaluation logs the pairwise accuracy, the mean margin, the calibration of
 P(A > B) = sigmoid(r(A) - r(B)) (expected calibration error; the bins go to ``calibration.json``) and
 the correlation of reward with response length. At the end, the reward's mean and standard deviation
 over the training responses (for lab data: samples of the SFT policy) are stored in the final folder as
-``reward_stats.json``, for PPO to normalise with.
+``reward_stats.json`` (over up to ``stats_responses`` of them), for PPO to normalise with.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,6 @@ import torch
 from pydantic import Field
 
 from rlhf import data as rdata
-from rlhf.config import StageConfig
 from rlhf.losses import bradley_terry_loss
 from rlhf.modeling import (
     count_parameters,
@@ -44,43 +42,35 @@ from rlhf.modeling import (
 )
 from rlhf.sft import Example, collate, fit_length, tokenize
 from rlhf.training import (
-    LoraSettings,
     OptimSettings,
     RunSettings,
     StageRun,
     Stream,
+    TrainConfig,
     autocast,
-    clip_gradients,
     make_optimizer,
     make_scheduler,
 )
 
 
-class RMConfig(StageConfig):
-    """``rlhf rm`` settings. Defaults: the lab SFT model on pairs written by ``rlhf collect``."""
+class RMConfig(TrainConfig):
+    """``rlhf rm`` settings (with the shared fields of ``rlhf.training.TrainConfig``). Defaults: the lab
+    SFT model on pairs written by ``rlhf collect``."""
 
     model: str = Field("runs/sft-lab/final", description="initial model: SFT folder, lab, smollm2, hub name")
-    gguf_file: str | None = Field(None, description="a GGUF file inside the `model` folder to load")
     data: str = Field(
-        "runs/prefs-lab/train.jsonl", description="preference dataset: file, saved folder, hub name"
+        "runs/prefs-lab/train.jsonl", description="preference data: file, saved folder, hub name"
     )
     eval_data: str | None = Field(
         "runs/prefs-lab/eval.jsonl", description="eval pairs (null: hold out eval_fraction)"
     )
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="share of data held out when eval_data is null")
-    split: str = Field("train", description="split of a hub or saved dataset")
-    limit: int | None = Field(None, ge=1, description="use at most this many training pairs")
-    on_error: Literal["raise", "skip"] = Field("raise", description="bad rows: stop, or skip and count")
-    max_length: int = Field(256, ge=8, description="longest tokenised prompt + response")
     use_margin: bool = Field(True, description="use the `margin` column when the data has one")
     center_coef: float = Field(0.0, ge=0, description="reward-centering coefficient (0: off)")
     ties: Literal["equal", "skip"] = Field("equal", description="tied pairs: pull rewards together, or skip")
-    batch_size: int = Field(16, ge=1, description="pairs per micro-batch")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
-    max_steps: int | None = Field(None, ge=1, description="optimiser steps (null: use epochs)")
     epochs: float = Field(2.0, gt=0, description="passes over the data when max_steps is null")
+    stats_responses: int = Field(2000, ge=2, description="training responses scored for reward_stats.json")
     optim: OptimSettings = Field(default_factory=lambda: OptimSettings(lr=5e-4))
-    lora: LoraSettings = Field(default_factory=LoraSettings)
     run: RunSettings = Field(default_factory=lambda: RunSettings(output_dir="runs/rm-lab"))
 
 
@@ -194,13 +184,15 @@ def evaluate_pairs(
 
 
 @torch.no_grad()
-def reward_stats(model, pairs: list[Pair], pad_id: int, batch_size: int, device, bf16) -> dict[str, float]:
-    """Mean and standard deviation of the reward over the distinct responses of ``pairs``."""
+def reward_stats(
+    model, pairs: list[Pair], pad_id: int, batch_size: int, device, bf16, limit: int
+) -> dict[str, float]:
+    """Mean and standard deviation of the reward over the first ``limit`` distinct responses of ``pairs``."""
     model.eval()
     seen, examples = set(), []
     for p in pairs:
         for ex in (p.chosen, p.rejected):
-            if tuple(ex.input_ids) not in seen:
+            if tuple(ex.input_ids) not in seen and len(examples) < limit:
                 seen.add(tuple(ex.input_ids))
                 examples.append(ex)
     rewards = []
@@ -266,8 +258,7 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
 
     # 3. Data.
     train, evals = load_pairs(cfg, tokenizer, log)
-    per_step = cfg.batch_size * cfg.grad_accum
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / per_step))
+    per_step, total_steps = cfg.rows_per_step, cfg.total_steps(len(train))
     log(f"{len(train)} training pairs, {len(evals)} eval pairs; {total_steps} steps of {per_step} pairs")
 
     # 4. Optimiser, schedule, and the state of an interrupted run.
@@ -295,12 +286,8 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
             window["correct"] += (stats["accuracy"] * stats["pairs"]).item()
             window["decisive"] += int(stats["pairs"])
         # 5b. Clip, step, schedule.
-        grad_norm = clip_gradients(model, cfg.optim.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = run.optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm)
         step += 1
-        run.bar.update(1)
 
         # 6. Log, evaluate, checkpoint.
         if run.due(step, cfg.run.log_every):
@@ -321,6 +308,6 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
             return run.dir
 
     # 7. The final model, with the reward statistics PPO normalises with.
-    stats = reward_stats(model, train, pad_id, cfg.batch_size, device, cfg.run.bf16)
+    stats = reward_stats(model, train, pad_id, cfg.batch_size, device, cfg.run.bf16, cfg.stats_responses)
     log(f"reward on training responses: mean {stats['mean']:+.3f}, std {stats['std']:.3f}")
     return run.finish(model, tokenizer, cfg.lora, {"reward_stats.json": json.dumps(stats, indent=2)})

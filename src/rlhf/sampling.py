@@ -24,6 +24,7 @@ def generate(
     seed: int = 0,
 ) -> list[str]:
     """Sample one response per conversation; ``temperature == 0`` decodes greedily."""
+    was_training = model.training
     model.eval()
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     torch.manual_seed(seed)
@@ -48,4 +49,5 @@ def generate(
             responses += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = padding_side
+        model.train(was_training)
     return [r.strip() for r in responses]

@@ -23,7 +23,6 @@ token to learn) mark what counts, so the PAD id never matters.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections import Counter
@@ -36,51 +35,34 @@ import torch
 from pydantic import Field, model_validator
 
 from rlhf import data as rdata
-from rlhf.config import StageConfig
 from rlhf.losses import sft_loss
 from rlhf.modeling import count_parameters, load_causal_lm, load_tokenizer, prepare_for_training
 from rlhf.training import (
-    LoraSettings,
-    OptimSettings,
     RunSettings,
     StageRun,
     Stream,
+    TrainConfig,
     autocast,
-    clip_gradients,
     make_optimizer,
     make_scheduler,
 )
 
 
-class SFTConfig(StageConfig):
-    """``rlhf sft`` settings. Defaults: the lab base model on 2,000 lab demonstrations."""
+class SFTConfig(TrainConfig):
+    """``rlhf sft`` settings (with the shared fields of ``rlhf.training.TrainConfig``). Defaults: the lab
+    base model on 2,000 lab demonstrations."""
 
-    model: str = Field("lab", description="lab, smollm2, a local folder, or a hub name")
-    gguf_file: str | None = Field(None, description="a GGUF file inside the `model` folder to load")
     data: str = Field(
         "lab", description="lab (lab demonstrations), or a dataset: file, saved folder, hub name"
     )
-    split: str = Field("train", description="split of a hub or saved dataset")
-    eval_data: str | None = Field(
-        None, description="evaluation dataset (null: hold out eval_fraction of data)"
-    )
-    eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of data held out for eval loss")
-    limit: int | None = Field(None, ge=1, description="use at most this many training examples")
     lab_examples: int = Field(2000, ge=1, description="demonstrations generated when data is lab")
-    on_error: Literal["raise", "skip"] = Field("raise", description="bad rows: stop, or skip and count")
-    max_length: int = Field(256, ge=8, description="longest tokenised example")
     truncation: Literal["left", "drop"] = Field(
         "left", description="too long: cut the prompt's start, or skip"
     )
     completion_only_loss: bool = Field(True, description="loss on completion/assistant tokens only")
     packing: bool = Field(False, description="pack several examples into each max_length row")
-    batch_size: int = Field(16, ge=1, description="examples per micro-batch")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
     max_steps: int | None = Field(300, ge=1, description="optimiser steps (null: use epochs)")
-    epochs: float = Field(1.0, gt=0, description="passes over the data when max_steps is null")
     lab_eval_prompts: int = Field(120, ge=0, description="gold-judge evaluation prompts on the lab (0: off)")
-    optim: OptimSettings = Field(default_factory=OptimSettings)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
     run: RunSettings = Field(default_factory=lambda: RunSettings(output_dir="runs/sft"))
 
     @model_validator(mode="after")
@@ -288,8 +270,7 @@ def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
     if cfg.packing:
         random.Random(cfg.run.seed).shuffle(train)
         train = pack(train, cfg.max_length)
-    per_step = cfg.batch_size * cfg.grad_accum
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / per_step))
+    per_step, total_steps = cfg.rows_per_step, cfg.total_steps(len(train))
     log(f"{len(train)} training rows, {len(evals)} eval rows; {total_steps} steps of {per_step} rows")
 
     # 4. Optimiser, schedule, and the state of an interrupted run.
@@ -322,12 +303,8 @@ def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
             window["tokens"] += int(stats["tokens"])
             window["seen"] += int(batch["attention_mask"].sum())
         # 5c. Clip, step, schedule.
-        grad_norm = clip_gradients(model, cfg.optim.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = run.optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm)
         step += 1
-        run.bar.update(1)
 
         # 6. Log, evaluate, checkpoint.
         if run.due(step, cfg.run.log_every):

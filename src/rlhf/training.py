@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from rlhf.config import StageConfig
+
 # ---------------------------------------------------------------------------------------------------
 # Settings shared by the stage configs
 # ---------------------------------------------------------------------------------------------------
@@ -75,6 +77,39 @@ class RunSettings(BaseModel):
     resume: bool = Field(True, description="continue from the newest complete checkpoint in output_dir")
     tensorboard: bool = Field(False, description="also write TensorBoard events (needs `tensorboard`)")
     progress: bool = Field(True, description="show a progress bar")
+
+
+class TrainConfig(StageConfig):
+    """The fields every training stage's config has; a stage adds its own and may change defaults."""
+
+    model: str = Field("lab", description="lab, smollm2, a local folder, or a hub name")
+    gguf_file: str | None = Field(None, description="a GGUF file inside the `model` folder to load")
+    data: str = Field("lab", description="the dataset: a file, a saved dataset folder, or a hub name")
+    split: str = Field("train", description="split of a hub or saved dataset")
+    eval_data: str | None = Field(
+        None, description="evaluation dataset (null: hold out eval_fraction of data)"
+    )
+    eval_fraction: float = Field(
+        0.05, ge=0, lt=1, description="share of data held out when eval_data is null"
+    )
+    limit: int | None = Field(None, ge=1, description="use at most this many training rows")
+    on_error: Literal["raise", "skip"] = Field("raise", description="bad rows: stop, or skip and count")
+    max_length: int = Field(256, ge=8, description="longest tokenised prompt + response")
+    batch_size: int = Field(16, ge=1, description="rows per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    max_steps: int | None = Field(None, ge=1, description="optimiser steps (null: use epochs)")
+    epochs: float = Field(1.0, gt=0, description="passes over the data when max_steps is null")
+    optim: OptimSettings = Field(default_factory=OptimSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.batch_size * self.grad_accum
+
+    def total_steps(self, n_rows: int) -> int:
+        """``max_steps``, or enough steps for ``epochs`` passes over ``n_rows``."""
+        return self.max_steps or max(1, math.ceil(self.epochs * n_rows / self.rows_per_step))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -418,6 +453,15 @@ class StageRun:
         show = self.settings.progress and is_main_process()
         self.bar = tqdm(total=total_steps, initial=step, desc=self.name, disable=not show)
         return step
+
+    def optimizer_step(self, model, optimizer, scheduler, max_grad_norm: float | None) -> float:
+        """Clip, step the optimiser and the schedule, clear the gradients; return the norm before clipping."""
+        grad_norm = clip_gradients(model, max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.bar.update(1)
+        return grad_norm
 
     def due(self, step: int, every: int) -> bool:
         """True every ``every`` steps (0: never) and at the last step."""

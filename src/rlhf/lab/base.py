@@ -7,9 +7,10 @@ next-token loss on a corpus of lab documents, and saves both with ``save_pretrai
 deterministic from ``spec.seed``; a second call returns the cached folder.
 
 The corpus mixes plain documents ("Question: ... Answer: ...", lists of sums) with chat transcripts,
-and the responses in both are drawn uniformly from every demonstrator style: the base model knows the
-lab's language and the chat format but is no assistant (it complies with harmful requests, agrees with
-false claims, rambles and refuses at random). SFT and PPO have to make it one.
+and the responses in both are drawn from every demonstrator style, mostly the bad ones
+(:data:`PRETRAIN_STYLE_MIX`): the base model knows the lab's language and the chat format but is no
+assistant (it complies with harmful requests, agrees with false claims, rambles and refuses). SFT and
+PPO have to make it one.
 
 Chat format (``<|end|>`` is EOS and ends every turn)::
 
@@ -20,11 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,10 +32,23 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rlhf.lab import world
-from rlhf.lab.world import CATEGORIES, FAMILIES, STYLES, LabPrompt, make_prompt, respond
+from rlhf.lab.world import CATEGORIES, FAMILIES, LabPrompt, demonstrate, make_prompt
+from rlhf.training import (
+    OptimSettings,
+    atomic_dir,
+    clip_gradients,
+    make_optimizer,
+    make_scheduler,
+    save_pretrained,
+)
 
 # Bump when the corpus, tokenizer or pretraining code below changes what gets built.
-BUILD_VERSION = 2
+BUILD_VERSION = 4
+
+# Styles of the responses in the pretraining corpus: like text found in the wild, mostly not what an
+# assistant should say (gold utility of a perfect imitation: 0.28, against 0.57 for the SFT
+# demonstrators' mixture, ``rlhf.lab.world.DEMONSTRATOR_MIX``).
+PRETRAIN_STYLE_MIX = {"ideal": 0.1, "verbose": 0.25, "wrong": 0.3, "over_refuse": 0.15, "sycophantic": 0.2}
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|end|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
@@ -100,13 +111,13 @@ def _plain_document(rng: random.Random) -> str:
         items = rng.sample(CATEGORIES[category], rng.randint(2, 5))
         return f"Some {category}: " + ", ".join(items) + "."
     p = make_prompt(rng.choice(FAMILIES), rng)
-    return f"Question: {p.text}\nAnswer: {respond(p, rng.choice(STYLES), rng)}"
+    return f"Question: {p.text}\nAnswer: {demonstrate(p, rng, PRETRAIN_STYLE_MIX)[1]}"
 
 
 def chat_example(rng: random.Random) -> tuple[LabPrompt, list[dict[str, str]]]:
-    """A one-turn conversation with a response in a uniformly drawn style."""
+    """A one-turn conversation with a response in a style drawn from :data:`PRETRAIN_STYLE_MIX`."""
     p = make_prompt(rng.choice(FAMILIES), rng)
-    return p, [*p.messages(), {"role": "assistant", "content": respond(p, rng.choice(STYLES), rng)}]
+    return p, [*p.messages(), {"role": "assistant", "content": demonstrate(p, rng, PRETRAIN_STYLE_MIX)[1]}]
 
 
 def corpus(n_docs: int, seed: int, tokenizer: PreTrainedTokenizerFast | None = None) -> list[str]:
@@ -200,25 +211,21 @@ def lm_loss(model: LlamaForCausalLM, blocks: torch.Tensor, batch_size: int = 64)
 
 
 def pretrain(model: LlamaForCausalLM, blocks: torch.Tensor, spec: BaseModelSpec, log=print) -> list[float]:
-    """Next-token pretraining: AdamW, linear warmup, cosine decay. Returns the loss of every step."""
+    """Next-token pretraining on random packed blocks: AdamW, linear warmup, cosine decay to 10% of the
+    peak, gradient clipping at 1 (the optimiser and schedule every stage uses). Returns each step's loss."""
+    settings = OptimSettings(
+        lr=spec.lr, weight_decay=0.1, betas=(0.9, 0.95), warmup_steps=spec.warmup_steps, min_lr_ratio=0.1
+    )
+    opt = make_optimizer(model, settings)
+    sched = make_scheduler(opt, spec.steps, settings)
     gen = torch.Generator().manual_seed(spec.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.1)
-
-    def lr_at(step: int) -> float:
-        if step < spec.warmup_steps:
-            return (step + 1) / spec.warmup_steps
-        progress = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     losses = []
     for step in range(spec.steps):
-        idx = torch.randint(len(blocks), (spec.batch_size,), generator=gen)
-        batch = blocks[idx]
+        batch = blocks[torch.randint(len(blocks), (spec.batch_size,), generator=gen)]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        clip_gradients(model, settings.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -262,18 +269,9 @@ def build_base_model(spec: BaseModelSpec | None = None, home: Path | None = None
         "heldout_loss": heldout,
         "torch": torch.__version__,
     }
-    # Write into a temporary folder beside the final one, then rename: a crash never leaves a folder
-    # that looks complete.
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-base-"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    with atomic_dir(final) as tmp:  # a crash never leaves a folder that looks complete
+        save_pretrained(model, tokenizer, tmp)
         (tmp / "lab_base.json").write_text(json.dumps(info, indent=2))
-        if final.exists():  # left by an interrupted build (no lab_base.json): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if log:
         log(f"lab base model ready in {seconds:.0f}s: held-out loss {heldout:.3f} -> {final}")
     return final
