@@ -197,6 +197,7 @@ def test_lab_reward_model_learns_the_preferences(tmp_path, lab_prefs, lab_base_p
     final = train_rm(cfg, log=lambda *_: None)
     evals = [row for row in read_metrics(cfg.run.output_dir) if row["split"] == "eval"]
     assert evals[-1]["accuracy"] > 0.6  # chance is 0.5
+    assert {f"accuracy/{f}" for f in ("arithmetic", "harmful", "format")} <= set(evals[-1])
     stats = json.loads((final / "reward_stats.json").read_text())
     assert stats["std"] > 0 and stats["n"] > 500
     assert (Path(cfg.run.output_dir) / "calibration.json").exists()

@@ -82,6 +82,7 @@ class Pair:
     rejected: Example
     margin: float
     tie: bool
+    group: str | None = None  # the row's ``family`` column, if any: accuracy is also reported per group
 
 
 def tokenize_pair(record: rdata.Preference, tokenizer, max_length: int) -> Pair | None:
@@ -94,7 +95,8 @@ def tokenize_pair(record: rdata.Preference, tokenizer, max_length: int) -> Pair 
     )
     if chosen is None or rejected is None:
         return None
-    return Pair(chosen, rejected, float(record.margin or 0.0), bool(record.meta.get("tie", False)))
+    group = record.meta.get("family")
+    return Pair(chosen, rejected, float(record.margin or 0.0), bool(record.meta.get("tie", False)), group)
 
 
 def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
@@ -152,8 +154,8 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 def evaluate_pairs(
     model, pairs: list[Pair], pad_id: int, batch_size: int, device, bf16
 ) -> tuple[dict[str, float], list[dict]]:
-    """Accuracy, mean margin, calibration and reward-length correlation over ``pairs`` (ties left out of
-    accuracy and calibration)."""
+    """Accuracy (overall and ``accuracy/<group>`` per group), mean margin, calibration and reward-length
+    correlation over ``pairs`` (ties left out of accuracy and calibration)."""
     model.eval()
     r_c, r_r = [], []
     for i in range(0, len(pairs), batch_size):
@@ -180,6 +182,10 @@ def evaluate_pairs(
         "reward_length_corr": pearson(torch.cat([r_c, r_r]), lengths),
         "reward_mean": torch.cat([r_c, r_r]).mean().item(),
     }
+    groups = [p.group for p in pairs if not p.tie]
+    for group in sorted({g for g in groups if g is not None}):
+        member = torch.tensor([g == group for g in groups])
+        metrics[f"accuracy/{group}"] = (diff[member] > 0).float().mean().item()
     return metrics, table
 
 
@@ -226,7 +232,7 @@ def load_pairs(cfg: RMConfig, tokenizer, log) -> tuple[list[Pair], list[Pair]]:
         pairs = [tokenize_pair(r, tokenizer, cfg.max_length) for r in records]
         kept = [p for p in pairs if p is not None and not (p.tie and cfg.ties == "skip" and what == "train")]
         if not cfg.use_margin:
-            kept = [Pair(p.chosen, p.rejected, 0.0, p.tie) for p in kept]
+            kept = [Pair(p.chosen, p.rejected, 0.0, p.tie, p.group) for p in kept]
         if len(kept) < len(pairs):
             log(
                 f"{what}: skipped {len(pairs) - len(kept)} pairs (a response longer than max_length={cfg.max_length}, or a tie)"
