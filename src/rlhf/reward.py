@@ -45,11 +45,8 @@ from rlhf.training import (
     OptimSettings,
     RunSettings,
     StageRun,
-    Stream,
     TrainConfig,
     autocast,
-    make_optimizer,
-    make_scheduler,
 )
 
 
@@ -267,11 +264,8 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
     per_step, total_steps = cfg.rows_per_step, cfg.total_steps(len(train))
     log(f"{len(train)} training pairs, {len(evals)} eval pairs; {total_steps} steps of {per_step} pairs")
 
-    # 4. Optimiser, schedule, and the state of an interrupted run.
-    optimizer = make_optimizer(model, cfg.optim)
-    scheduler = make_scheduler(optimizer, total_steps, cfg.optim)
-    stream = Stream(len(train), cfg.run.seed)
-    step = run.start(model, optimizer, scheduler, stream, total_steps)
+    # 4. Optimiser, schedule, data order, and the state of an interrupted run.
+    optimizer, scheduler, stream, step = run.start(model, cfg, len(train))
     pad_id = tokenizer.pad_token_id
 
     # 5. The loop: one optimiser step per iteration.

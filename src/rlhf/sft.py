@@ -40,11 +40,8 @@ from rlhf.modeling import count_parameters, load_causal_lm, load_tokenizer, prep
 from rlhf.training import (
     RunSettings,
     StageRun,
-    Stream,
     TrainConfig,
     autocast,
-    make_optimizer,
-    make_scheduler,
 )
 
 
@@ -273,11 +270,8 @@ def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
     per_step, total_steps = cfg.rows_per_step, cfg.total_steps(len(train))
     log(f"{len(train)} training rows, {len(evals)} eval rows; {total_steps} steps of {per_step} rows")
 
-    # 4. Optimiser, schedule, and the state of an interrupted run.
-    optimizer = make_optimizer(model, cfg.optim)
-    scheduler = make_scheduler(optimizer, total_steps, cfg.optim)
-    stream = Stream(len(train), cfg.run.seed)
-    step = run.start(model, optimizer, scheduler, stream, total_steps)
+    # 4. Optimiser, schedule, data order, and the state of an interrupted run.
+    optimizer, scheduler, stream, step = run.start(model, cfg, len(train))
     lab_eval = cfg.model == "lab" and cfg.lab_eval_prompts > 0
     if step == 0 and lab_eval:
         run.metrics.log(0, "eval", **lab_gold(model, tokenizer, cfg.lab_eval_prompts))

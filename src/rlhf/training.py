@@ -414,7 +414,7 @@ class StageRun:
 
         run = StageRun(cfg, "sft", log)                   # 1. folder, config.yaml, seeds, device
         ...                                                # 2-3. model, data (the stage's own)
-        step = run.start(model, optimizer, scheduler, stream, total_steps)  # 4. resume
+        optimizer, scheduler, stream, step = run.start(model, cfg, len(rows))  # 4. resume
         while step < run.total_steps:
             ...                                            # 5. the stage's update
             step += 1
@@ -440,19 +440,24 @@ class StageRun:
         self.metrics: MetricsLogger | None = None
         self.bar = None
 
-    def start(self, model, optimizer, scheduler, stream: Stream, total_steps: int) -> int:
-        """Resume from the newest complete checkpoint (if ``resume``); open metrics and the bar; return the step."""
+    def start(self, model, cfg: TrainConfig, n_rows: int):
+        """Make the optimiser, schedule and data stream for ``n_rows`` training rows; resume them (and the
+        weights) from the newest complete checkpoint if ``resume``; open metrics and the progress bar.
+        Returns ``(optimizer, scheduler, stream, step)``."""
         from tqdm.auto import tqdm
 
-        self.total_steps, step = total_steps, 0
+        self.total_steps = cfg.total_steps(n_rows)
+        optimizer = make_optimizer(model, cfg.optim)
+        scheduler = make_scheduler(optimizer, self.total_steps, cfg.optim)
+        stream, step = Stream(n_rows, self.settings.seed), 0
         checkpoints = list_checkpoints(self.dir) if self.settings.resume else []
         if checkpoints:
             step = resume_from(checkpoints[-1], model, optimizer, scheduler, stream)
             self.log(f"resumed from {checkpoints[-1]} at step {step}")
         self.metrics = MetricsLogger(self.dir, self.settings.tensorboard, resume_step=step)
         show = self.settings.progress and is_main_process()
-        self.bar = tqdm(total=total_steps, initial=step, desc=self.name, disable=not show)
-        return step
+        self.bar = tqdm(total=self.total_steps, initial=step, desc=self.name, disable=not show)
+        return optimizer, scheduler, stream, step
 
     def optimizer_step(self, model, optimizer, scheduler, max_grad_norm: float | None) -> float:
         """Clip, step the optimiser and the schedule, clear the gradients; return the norm before clipping."""
