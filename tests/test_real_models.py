@@ -20,14 +20,16 @@ from rlhf.training import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _example(cls, name: str, tmp_path: Path, *overrides: str):
+    """An example config on the HH-RLHF sample, writing under ``tmp_path``, for 3 steps."""
+    hh = shared_file("hh-rlhf-harmless-base.sample.jsonl.gz")
+    extra = [f"data={hh}", f"run.output_dir={tmp_path / 'run'}", "max_steps=3", "run.progress=false"]
+    return load_config(cls, ROOT / "examples" / name, [*extra, *overrides])
+
+
 @pytest.mark.slow
 def test_smollm2_lora_sft_on_hh_rlhf(tmp_path):
-    hh = shared_file("hh-rlhf-harmless-base.sample.jsonl.gz")
-    cfg = load_config(
-        SFTConfig,
-        ROOT / "examples/sft_smollm2_hh.yaml",
-        [f"data={hh}", f"run.output_dir={tmp_path / 'smol'}", "max_steps=3", "run.progress=false"],
-    )
+    cfg = _example(SFTConfig, "sft_smollm2_hh.yaml", tmp_path)
     final = train_sft(cfg)
     losses = [row["loss"] for row in read_metrics(cfg.run.output_dir) if row["split"] == "train"]
     assert len(losses) == 3 and all(math.isfinite(x) and 0 < x < 10 for x in losses)
@@ -38,18 +40,7 @@ def test_smollm2_lora_sft_on_hh_rlhf(tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_lora_reward_model_on_hh_rlhf(tmp_path):
-    hh = shared_file("hh-rlhf-harmless-base.sample.jsonl.gz")
-    cfg = load_config(
-        RMConfig,
-        ROOT / "examples/rm_smollm2_hh.yaml",
-        [
-            f"data={hh}",
-            f"run.output_dir={tmp_path / 'rm'}",
-            "max_steps=3",
-            "stats_responses=16",
-            "run.progress=false",
-        ],
-    )
+    cfg = _example(RMConfig, "rm_smollm2_hh.yaml", tmp_path, "stats_responses=16")
     final = train_rm(cfg)
     evals = [row for row in read_metrics(cfg.run.output_dir) if row["split"] == "eval"]
     assert len(evals) == 1 and 0.0 <= evals[0]["accuracy"] <= 1.0

@@ -131,10 +131,14 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def load_reward_model(
-    name: str, gguf_file: str | None = None, dtype: torch.dtype = torch.float32
+    name: str,
+    gguf_file: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    pad_token_id: int | None = None,
 ) -> PreTrainedModel:
     """``AutoModelForSequenceClassification`` with one label, from a causal LM (a new score head) or from
-    a saved reward model; ``pad_token_id`` set so that plain transformers batching works too."""
+    a saved reward model; ``pad_token_id`` set (from the argument, or else the tokenizer) so that plain
+    transformers batching works too."""
     from transformers import AutoModelForSequenceClassification
 
     path, gguf = resolve_model(name, gguf_file)
@@ -143,7 +147,9 @@ def load_reward_model(
         AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **kwargs)
     )
     if model.config.pad_token_id is None:
-        model.config.pad_token_id = load_tokenizer(name, gguf_file).pad_token_id
+        model.config.pad_token_id = (
+            pad_token_id if pad_token_id is not None else load_tokenizer(name, gguf_file).pad_token_id
+        )
     return model
 
 

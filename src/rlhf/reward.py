@@ -47,6 +47,7 @@ from rlhf.training import (
     StageRun,
     TrainConfig,
     autocast,
+    load_splits,
 )
 
 
@@ -213,17 +214,7 @@ def reward_stats(
 
 
 def load_pairs(cfg: RMConfig, tokenizer, log) -> tuple[list[Pair], list[Pair]]:
-    train, report = rdata.load_preferences(cfg.data, split=cfg.split, on_error=cfg.on_error)
-    log(f"{cfg.data}: {report.summary()}")
-    if cfg.eval_data:
-        evals, eval_report = rdata.load_preferences(cfg.eval_data, split=cfg.split, on_error=cfg.on_error)
-        log(f"{cfg.eval_data}: {eval_report.summary()}")
-    else:  # a seeded hold-out: the last eval_fraction of a seeded order
-        g = torch.Generator().manual_seed(cfg.run.seed)
-        order = torch.randperm(len(train), generator=g).tolist()
-        n_eval = int(len(train) * cfg.eval_fraction)
-        evals, train = [train[i] for i in order[:n_eval]], [train[i] for i in sorted(order[n_eval:])]
-    train = train[: cfg.limit] if cfg.limit else train
+    train, evals = load_splits(cfg, rdata.load_preferences, log)
     out = []
     for what, records in (("train", train), ("eval", evals)):
         pairs = [tokenize_pair(r, tokenizer, cfg.max_length) for r in records]
@@ -253,7 +244,7 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
 
     # 2. Model (a one-label sequence classifier) and tokenizer; with LoRA the score head trains in full.
     tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
-    model = load_reward_model(cfg.model, cfg.gguf_file)
+    model = load_reward_model(cfg.model, cfg.gguf_file, pad_token_id=tokenizer.pad_token_id)
     model = prepare_for_training(model, cfg.lora, cfg.run.gradient_checkpointing, "SEQ_CLS", ["score"])
     model.to(device).train()
     trainable, total = count_parameters(model)

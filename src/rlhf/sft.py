@@ -42,6 +42,7 @@ from rlhf.training import (
     StageRun,
     TrainConfig,
     autocast,
+    load_splits,
 )
 
 
@@ -103,7 +104,8 @@ def _conversation(tokenizer, messages: Sequence[dict], learn_from: int, completi
         if messages[i]["role"] != "assistant":
             continue
         start = _chat_ids(tokenizer, messages[:i], generation_prompt=True)
-        end = _chat_ids(tokenizer, messages[: i + 1], generation_prompt=False)
+        last = i == len(messages) - 1  # then the turn ends where the conversation does
+        end = ids if last else _chat_ids(tokenizer, messages[: i + 1], generation_prompt=False)
         if ids[: len(start)] != start or ids[: len(end)] != end:
             raise ValueError("the chat template does not render a conversation's beginning as a prefix of it")
         mask[len(start) : len(end)] = [True] * (len(end) - len(start))
@@ -203,18 +205,7 @@ def load_records(cfg: SFTConfig, log) -> tuple[list, list]:
         evals = rdata.load_sft(demonstration_rows(n_eval, cfg.run.seed + 7_777))[0] if n_eval else []
         log(f"lab demonstrations: {report.summary()}")
         return train, evals
-    train, report = rdata.load_sft(cfg.data, split=cfg.split, on_error=cfg.on_error)
-    log(f"{cfg.data}: {report.summary()}")
-    if cfg.eval_data:
-        evals, eval_report = rdata.load_sft(cfg.eval_data, split=cfg.split, on_error=cfg.on_error)
-        log(f"{cfg.eval_data}: {eval_report.summary()}")
-    else:  # a seeded hold-out
-        order = list(range(len(train)))
-        random.Random(cfg.run.seed).shuffle(order)
-        n_eval = int(len(train) * cfg.eval_fraction)
-        evals = [train[i] for i in order[:n_eval]]
-        train = [train[i] for i in sorted(order[n_eval:])]
-    return train[: cfg.limit] if cfg.limit else train, evals
+    return load_splits(cfg, rdata.load_sft, log)
 
 
 # ---------------------------------------------------------------------------------------------------

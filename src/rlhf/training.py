@@ -112,6 +112,21 @@ class TrainConfig(StageConfig):
         return self.max_steps or max(1, math.ceil(self.epochs * n_rows / self.rows_per_step))
 
 
+def load_splits(cfg: TrainConfig, load, log) -> tuple[list, list]:
+    """Training and evaluation records through ``load`` (a ``rlhf.data`` loader): evaluation from
+    ``eval_data``, or else a seeded random ``eval_fraction`` of ``data``; training capped at ``limit``."""
+    train, report = load(cfg.data, split=cfg.split, on_error=cfg.on_error)
+    log(f"{cfg.data}: {report.summary()}")
+    if cfg.eval_data:
+        evals, eval_report = load(cfg.eval_data, split=cfg.split, on_error=cfg.on_error)
+        log(f"{cfg.eval_data}: {eval_report.summary()}")
+    else:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.run.seed)).tolist()
+        n_eval = int(len(train) * cfg.eval_fraction)
+        train, evals = [train[i] for i in sorted(order[n_eval:])], [train[i] for i in order[:n_eval]]
+    return train[: cfg.limit] if cfg.limit else train, evals
+
+
 # ---------------------------------------------------------------------------------------------------
 # Device and precision
 # ---------------------------------------------------------------------------------------------------
