@@ -1,5 +1,6 @@
 # make demo   -- set up .venv (if missing) and run the main job on the built-in lab default
 # make test   -- set up .venv (if missing) and run the test suite
+# make bench  -- ours against Hugging Face TRL, side by side (bench/RESULTS.md; not part of `make test`)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint clean
+.PHONY: demo test test-slow lint clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,13 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The peers' venvs (bench/.venv-trl116, bench/.venv-trl112) are made on first use and then reused.
+# Options through BENCH_ARGS, e.g. BENCH_ARGS='--repeats 3 --tasks sft'; BENCH_SMOLLM2=1 adds SmolLM2-135M.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	MAIN_VENV=$(abspath $(VENV)) TORCH_SPEC="$(TORCH_SPEC)" bash bench/setup.sh
+	$(BIN)/python bench/run.py --ours-python $(abspath $(BIN))/python $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

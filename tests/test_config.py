@@ -8,12 +8,13 @@ import pytest
 
 from rlhf.collect import CollectConfig
 from rlhf.config import ConfigError, load_config, parse_overrides
+from rlhf.ppo import PPOConfig
 from rlhf.reward import RMConfig
 from rlhf.sft import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml"))
-STAGES = {"sft": SFTConfig, "rm": RMConfig, "collect": CollectConfig}
+STAGES = {"sft": SFTConfig, "rm": RMConfig, "collect": CollectConfig, "ppo": PPOConfig}
 
 
 def test_there_are_shipped_configs():
@@ -83,3 +84,24 @@ def test_cli_reports_config_errors_and_data_errors(tmp_path):
     assert "bad.jsonl:2" in result.output and "completion" in result.output
     result = CliRunner().invoke(main, ["data", "inspect", str(bad), "--on-error", "skip"])
     assert result.exit_code == 0 and "loaded 1 of 2 rows" in result.output
+
+
+def test_run_config_checks_every_stage_section_before_anything_runs():
+    from rlhf.pipeline import RunConfig, stage_configs
+
+    cfg = load_config(RunConfig, None, ["ppo.max_stepz=3"])
+    with pytest.raises(ConfigError, match=r"section `ppo`.*max_stepz"):
+        stage_configs(cfg)
+    stages = stage_configs(load_config(RunConfig, None, ["name=x", "ppo.max_steps=7", "rm.optim.lr=2e-3"]))
+    assert stages["ppo"].max_steps == 7 and stages["ppo"].model == "runs/x/sft/final"
+    assert stages["ppo"].reward_models[0].path == "runs/x/rm/final"
+    assert stages["rm"].optim.lr == 2e-3 and stages["rm"].optim.warmup_steps == 10  # run defaults kept
+    assert stages["sft"].max_length == 128 and stages["collect"].policy == "runs/x/sft/final"
+
+
+def test_a_partial_section_keeps_the_stage_defaults_of_the_rest():
+    from rlhf.ppo import PPOConfig
+
+    cfg = load_config(PPOConfig, None, ["optim.lr=1e-4", "run.output_dir=runs/x"])
+    assert cfg.optim.lr == 1e-4 and cfg.optim.schedule == "constant" and cfg.optim.warmup_steps == 0
+    assert cfg.run.output_dir == "runs/x" and cfg.run.log_every == 1  # PPO's run defaults, not RunSettings'

@@ -13,6 +13,7 @@ from conftest import shared_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf.config import load_config
+from rlhf.ppo import PPOConfig, train_ppo
 from rlhf.reward import RMConfig, train_rm
 from rlhf.sft import SFTConfig, train_sft
 from rlhf.training import read_metrics
@@ -46,3 +47,22 @@ def test_smollm2_lora_reward_model_on_hh_rlhf(tmp_path):
     assert len(evals) == 1 and 0.0 <= evals[0]["accuracy"] <= 1.0
     model = AutoModelForSequenceClassification.from_pretrained(final)  # merged LoRA, score head included
     assert model.config.num_labels == 1 and (final / "reward_stats.json").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_lora_ppo_with_the_hh_reward_model(tmp_path):
+    rm_cfg = _example(
+        RMConfig, "rm_smollm2_hh.yaml", tmp_path / "rm", "stats_responses=16", "eval_fraction=0.01"
+    )
+    rm = train_rm(rm_cfg)
+    cfg = _example(
+        PPOConfig, "ppo_smollm2_hh.yaml", tmp_path / "ppo", f'reward_models=[{{"path": "{rm}"}}]',
+        "rollout_size=8", "max_new_tokens=24", "eval_prompts=8", "run.eval_every=3",
+    )  # fmt: skip
+    final = train_ppo(cfg)
+    rows = [row for row in read_metrics(cfg.run.output_dir) if row["split"] == "train"]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-3)  # LoRA starts at the reference
+    assert all(math.isfinite(r["score"]) and math.isfinite(r["value_loss"]) for r in rows)
+    model = AutoModelForCausalLM.from_pretrained(final)  # merged LoRA: a plain transformers model
+    assert model.config.model_type == "llama"

@@ -5,6 +5,9 @@ rlhf lab build                    # make (or find in the cache) the lab tokenize
 rlhf lab show --preset NAME       # lab prompts, demonstrations, gold scores and preset statistics
 rlhf lab sample [--model PATH]    # sample a model on held-out lab prompts, scored by the gold judge
 rlhf data inspect PATH            # detect a dataset's format and validate every row
+rlhf sft | collect | rm | ppo     # one stage: [CONFIG.yaml] [key=value ...]
+rlhf run [CONFIG.yaml] [k=v ...]  # every stage, evaluation and report under runs/<name>/
+rlhf eval CKPT... --baseline CKPT # win rate, reward, KL, length bias, failure-mode probes, XSTest
 """
 
 from __future__ import annotations
@@ -210,6 +213,75 @@ def rm(args: tuple[str, ...]) -> None:
     train_rm(_stage_config(RMConfig, args), log=lambda m: click.echo(m, err=True))
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+def ppo(args: tuple[str, ...]) -> None:
+    """PPO with a KL penalty: rlhf ppo [CONFIG.yaml] [key=value ...] (e.g. kl_coef=0 adaptive_kl=false)."""
+    from rlhf.ppo import PPOConfig, train_ppo
+
+    train_ppo(_stage_config(PPOConfig, args), log=lambda m: click.echo(m, err=True))
+
+
+@main.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--preset", default=None, help="Lab annotator preset (default, length-biased, sycophantic).")
+@click.argument("args", nargs=-1)
+def run_all(preset: str | None, args: tuple[str, ...]) -> None:
+    """Every stage: rlhf run [--preset NAME] [CONFIG.yaml] [key=value ...] (e.g. name=x ppo.max_steps=40).
+
+    base model -> SFT -> preference collection -> reward model -> PPO -> evaluation -> report, under
+    runs/<name>/. A rerun skips finished stages and resumes an interrupted one."""
+    from rlhf.pipeline import RunConfig, run_pipeline
+    from rlhf.run_eval import summary_table
+
+    if preset:
+        args = (*args, f"preset={preset}")
+    cfg = _stage_config(RunConfig, args)
+    report = run_pipeline(cfg, log=lambda m: click.echo(m, err=True))
+    eval_file = cfg.dir / "eval.json"
+    if eval_file.exists():
+        click.echo(summary_table(json.loads(eval_file.read_text())))
+    timings = json.loads((cfg.dir / "timings.json").read_text())
+    click.echo("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    click.echo(f"report: {report}")
+
+
+@main.command("eval")
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--baseline", required=True, help="The checkpoint the others are compared with.")
+@click.option("--reference", default=None, help="Reference policy for the KL (default: the baseline).")
+@click.option("--reward-model", default=None, help="Reward model: mean reward, reward win rate, length bias.")
+@click.option(
+    "--prompts", "prompts_file", default=None, help="Prompts dataset (default: lab held-out prompts)."
+)
+@click.option("--n", "n_prompts", default=240, show_default=True, help="Prompts evaluated.")
+@click.option("--xstest", default=None, help="XSTest prompts CSV (e.g. ../shared/data/xstest_prompts.csv).")
+@click.option("--output", default=None, help="Write the results as JSON here.")
+def eval_cmd(checkpoints, baseline, reference, reward_model, prompts_file, n_prompts, xstest, output) -> None:
+    """Evaluate checkpoints against a baseline: win rate, reward, KL, length, length bias, the lab's
+    failure-mode probes (sycophancy, refusals, over-refusal, consistency, uncertainty), XSTest, and a
+    safety-regression comparison with the baseline."""
+    from rlhf import data as rdata
+    from rlhf.run_eval import evaluate_policies, summary_table
+
+    policies = {Path(baseline).parent.name + "/" + Path(baseline).name: baseline}
+    base_name = next(iter(policies))
+    for c in checkpoints:
+        policies.setdefault(Path(c).parent.name + "/" + Path(c).name, c)
+    prompts = None
+    if prompts_file:
+        records, report = rdata.load_prompts(prompts_file, on_error="skip", limit=n_prompts)
+        click.echo(f"{prompts_file}: {report.summary()}", err=True)
+        prompts = [r.prompt if isinstance(r.prompt, str) else [dict(m) for m in r.prompt] for r in records]
+    result = evaluate_policies(
+        policies, base_name, reference=reference or baseline, reward_model=reward_model, n_prompts=n_prompts,
+        prompts=prompts, xstest=xstest, log=lambda m: click.echo(m, err=True),
+    )  # fmt: skip
+    click.echo(summary_table(result))
+    if output:
+        Path(output).write_text(json.dumps(result, indent=1))
+        click.echo(f"written: {output}")
+
+
 # ---------------------------------------------------------------------------------------------------
 # rlhf demo
 # ---------------------------------------------------------------------------------------------------
@@ -217,63 +289,11 @@ def rm(args: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option("--preset", default="default", show_default=True, help="Lab annotator preset.")
-@click.option("--output-dir", default="runs/demo", show_default=True, help="Where the demo's runs go.")
-def demo(preset: str, output_dir: str) -> None:
-    """The main job on the built-in default: the lab world and its base model; SFT on the lab's
-    demonstrations, judged by the gold judge against the base model; preference collection from the SFT
-    model and a reward model trained on it. A rerun skips the stages whose final output exists."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlhf.collect import CollectConfig, collect
-    from rlhf.lab.evaluate import gold_eval
-    from rlhf.reward import RMConfig, train_rm
-    from rlhf.sft import SFTConfig, train_sft
-    from rlhf.training import OptimSettings, RunSettings, read_metrics
-
-    echo = lambda m: click.echo(m, err=True)  # noqa: E731
-    out = Path(output_dir)
-    base = _build(0, None)
+def demo(preset: str) -> None:
+    """The main job on the built-in default: the lab's annotators, then `rlhf run name=demo`: the lab
+    base model, SFT, preference collection, the reward model, PPO, the evaluation and the report, under
+    runs/demo/ (a rerun skips the stages already done)."""
     _show(preset, 2000, 0)
-
-    click.echo("\n== Stage 1: SFT on 2,000 lab demonstrations ==")
-    sft_model = out / "sft" / "final"
-    if not sft_model.exists():
-        train_sft(
-            SFTConfig(max_length=128, run=RunSettings(output_dir=str(out / "sft"), save_every=0)), log=echo
-        )
-    rows = {}
-    for name, path in (("base", base), ("sft", sft_model)):
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-        rows[name] = gold_eval(model, tokenizer, n=240)
-    click.echo("\nGold utility on 240 held-out lab prompts (one sample each):")
-    families = list(rows["base"].by_family())
-    click.echo(f"  {'model':<6} {'mean':>7} " + " ".join(f"{f:>11}" for f in families) + "   words")
-    for name, report in rows.items():
-        by = report.by_family()
-        click.echo(f"  {name:<6} {report.mean:+7.3f} " + " ".join(f"{by[f]:+11.3f}" for f in families)
-                   + f"   {report.mean_words():5.1f}")  # fmt: skip
-
-    click.echo(
-        f"\n== Preference collection: the SFT model answers 1,000 prompts 4 times; '{preset}' annotators label =="
-    )
-    prefs = out / "prefs"
-    if not (prefs / "summary.json").exists():
-        collect(
-            CollectConfig(policy=str(sft_model), preset=preset, prompts=1000, output_dir=str(prefs)), log=echo
-        )
-    bayes = json.loads((prefs / "summary.json").read_text())["eval"]["bayes_accuracy"]
-
-    click.echo("\n== Stage 2: the reward model (Bradley-Terry) ==")
-    rm_dir = out / "rm"
-    if not (rm_dir / "final").exists():
-        cfg = RMConfig(
-            model=str(sft_model), data=str(prefs / "train.jsonl"), eval_data=str(prefs / "eval.jsonl"),
-            max_length=128, batch_size=32, optim=OptimSettings(lr=1e-3, warmup_steps=10),
-            run=RunSettings(output_dir=str(rm_dir), save_every=0, eval_every=0),
-        )  # fmt: skip
-        train_rm(cfg, log=echo)
-    final = [row for row in read_metrics(rm_dir) if row["split"] == "eval"][-1]
-    click.echo(
-        f"  held-out pairwise accuracy {final['accuracy']:.3f} (Bayes-optimal {bayes:.3f}), "
-        f"calibration error {final['ece']:.3f}, reward-length correlation {final['reward_length_corr']:+.2f}"
-    )
+    click.echo("")
+    ctx = click.get_current_context()
+    ctx.invoke(run_all, preset=preset, args=("name=demo",))

@@ -65,11 +65,14 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_trees(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``, recursively for nested mappings."""
     out = dict(base)
     for key, value in extra.items():
         out[key] = (
-            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+            merge_trees(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
         )
     return out
 
@@ -114,9 +117,27 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(loaded).__name__}")
         tree = loaded or {}
     if overrides:
-        tree = _merge(tree, parse_overrides(overrides))
+        tree = merge_trees(tree, parse_overrides(overrides))
         where += " + overrides"
+    return validate_config(cls, tree, where)
+
+
+def with_nested_defaults(cls: type[BaseModel], tree: dict[str, Any]) -> dict[str, Any]:
+    """Fill a partial nested section (``optim: {lr: 1e-4}``) from the field's own default (a stage's
+    ``optim`` or ``run`` defaults differ between stages), rather than from the section class's
+    defaults, which is what pydantic would do."""
+    out = dict(tree)
+    for name, field in cls.model_fields.items():
+        if isinstance(out.get(name), dict) and field.default_factory is not None:
+            default = field.default_factory()
+            if isinstance(default, BaseModel):
+                out[name] = merge_trees(default.model_dump(), out[name])
+    return out
+
+
+def validate_config(cls: type[C], tree: dict[str, Any], where: str) -> C:
+    """Validate a mapping as ``cls``; errors name ``where`` (a file, or a section of one)."""
     try:
-        return cls.model_validate(tree)
+        return cls.model_validate(with_nested_defaults(cls, tree))
     except ValidationError as e:
         raise ConfigError(_describe(cls, e, where)) from None

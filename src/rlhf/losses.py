@@ -91,3 +91,167 @@ def bradley_terry_loss(
             "pairs": decisive.sum(),
         }
     return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------------
+# PPO (Schulman et al. 2017) with a KL penalty (Ziegler et al. 2019; Ouyang et al. 2022)
+#
+# Every (B, T) tensor below lives on the response positions of a rollout: t = 0 is the first response
+# token, and ``mask`` (B, T) is True for the response's real tokens (up to and including its EOS) and
+# False for the right padding after it. The state s_t is the prompt plus response[:t]; the action a_t is
+# response token t.
+# ---------------------------------------------------------------------------------------------------
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi (Schulman 2020, "Approximating
+    KL divergence"): with log r = ref_logp - logp,
+
+    - ``k1`` = -log r: unbiased, one term per token can be negative;
+    - ``k2`` = (log r)^2 / 2: biased, low variance;
+    - ``k3`` = (r - 1) - log r: unbiased and never negative.
+
+    logp, ref_logp: (B, T) -> (B, T).
+    """
+    log_r = ref_logp - logp
+    if kind == "k1":
+        return -log_r
+    if kind == "k2":
+        return 0.5 * log_r**2
+    if kind == "k3":
+        return torch.expm1(log_r) - log_r
+    raise ValueError(f"unknown KL estimator {kind!r}; expected k1, k2 or k3")
+
+
+def penalised_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, beta: float, mask: torch.Tensor
+) -> torch.Tensor:
+    """Per-token rewards r_t = -beta * KL_t, plus the sequence score at the last real response token.
+
+    scores: (B,) one reward per response; kl: (B, T) per-token KL estimates; mask: (B, T) -> (B, T),
+    zero where ``mask`` is False.
+    """
+    rewards = torch.where(mask, -beta * kl, torch.zeros_like(kl))
+    last = mask.shape[1] - 1 - mask.flip(-1).long().argmax(-1)  # (B,) index of the last True
+    return rewards.scatter_add(1, last.unsqueeze(1), scores.to(rewards.dtype).unsqueeze(1))
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016).
+
+    delta_t = r_t + gamma * V(s_{t+1}) - V(s_t), with V = 0 after the last real token;
+    A_t = delta_t + gamma * lam * A_{t+1}; returns R_t = A_t + V(s_t).
+
+    rewards, values: (B, T); mask: (B, T), a prefix of True per row (right padding). Returns
+    ``(advantages, returns)``, both (B, T) and zero where ``mask`` is False.
+    """
+    T = rewards.shape[1]
+    m = mask.to(rewards.dtype)
+    values = values * m
+    advantages = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * m[:, t]
+        advantages[:, t] = next_adv
+        next_value = values[:, t]
+    return advantages, (advantages + values) * m
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise ``x`` to unit variance over its masked-in entries (and to zero mean if ``shift_mean``);
+    (B, T) -> (B, T), zero where ``mask`` is False. The variance is the unbiased one."""
+    mean = masked_mean(x, mask)
+    n = mask.sum().clamp(min=2)
+    var = masked_sum((x - mean) ** 2, mask) / (n - 1)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+def ppo_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+    normalizer: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate loss: per token, ``max(-A * rho, -A * clip(rho, 1 - eps, 1 + eps))`` with
+    rho = pi(a_t | s_t) / pi_old(a_t | s_t), summed over the masked-in tokens and divided by
+    ``normalizer`` (the tokens of the whole minibatch, so gradient accumulation matches one batch;
+    default: this batch's tokens).
+
+    logp, old_logp, advantages, mask: (B, T). Stats: ``clipfrac`` (share of tokens where the clipped
+    term is the active one), ``approx_kl`` (k3 estimate of KL(pi_old || pi)), ``ratio`` (mean rho).
+    """
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    per_token = torch.maximum(unclipped, clipped)
+    loss = masked_sum(per_token, mask) / (normalizer if normalizer is not None else mask.sum().clamp(min=1))
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+            "ratio": masked_mean(ratio, mask),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float | None = 0.2,
+    normalizer: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss: per token ``0.5 * max((V - R)^2, (V_clip - R)^2)`` with
+    V_clip = V_old + clip(V - V_old, -c, c) (plain ``0.5 * (V - R)^2`` when ``clip_range`` is None),
+    summed over the masked-in tokens and divided by ``normalizer`` as in :func:`ppo_policy_loss`.
+
+    values, old_values, returns, mask: (B, T). Stats: ``vf_clipfrac``.
+    """
+    err = (values - returns) ** 2
+    if clip_range is None:
+        per_token, clipped_active = err, torch.zeros_like(err, dtype=torch.bool)
+    else:
+        v_clip = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+        err_clip = (v_clip - returns) ** 2
+        per_token, clipped_active = torch.maximum(err, err_clip), err_clip > err
+    loss = (
+        0.5
+        * masked_sum(per_token, mask)
+        / (normalizer if normalizer is not None else mask.sum().clamp(min=1))
+    )
+    return loss, {"vf_clipfrac": masked_mean(clipped_active.float(), mask).detach()}
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) at each position: (B, T, V) -> (B, T), float32."""
+    logits = logits.float() / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R) over the masked-in entries (1: perfect critic, 0: no better than a mean)."""
+    var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    diff = returns - values
+    var_d = masked_mean((diff - masked_mean(diff, mask)) ** 2, mask)
+    return float(1.0 - var_d / var_r) if var_r > 0 else float("nan")
+
+
+def adaptive_kl_coef(beta: float, kl: float, target: float, horizon: float, n_steps: int) -> float:
+    """One update of the adaptive KL controller (Ziegler et al. 2019):
+    e = clip(KL / target - 1, -0.2, 0.2); beta <- beta * (1 + e * n_steps / horizon).
+
+    ``kl``: the mean per-sequence KL of the last batch; ``n_steps``: the samples in that batch."""
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return beta * (1.0 + error * n_steps / horizon)

@@ -259,11 +259,13 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write ``run_dir/checkpoints/step-N`` atomically: the model (``save_pretrained``), and the training
-    state (optimiser, scheduler, RNG, plus ``state``: data position, counters); keep the newest ``keep``."""
+    """Write ``run_dir/checkpoints/step-N`` atomically: the model (``save_pretrained``; a dict of models
+    goes to one subfolder each), and the training state (optimiser, scheduler, RNG, plus ``state``: data
+    position, counters); keep the newest ``keep``."""
     final = run_dir / "checkpoints" / f"step-{step:07d}"
     with atomic_dir(final) as tmp:
-        save_pretrained(model, tokenizer, tmp)
+        for i, (sub, module) in enumerate(_parts(model).items()):
+            save_pretrained(module, tokenizer if i == 0 else None, tmp / sub)
         torch.save(
             {
                 "step": step,
@@ -292,8 +294,13 @@ def load_training_state(checkpoint: Path) -> dict[str, Any]:
     return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
 
 
-def resume_from(checkpoint: Path, model: torch.nn.Module, optimizer, scheduler, stream: Stream) -> int:
-    """Load the weights, optimiser, schedule, RNG and data position of ``checkpoint``; return its step.
+def _parts(model: torch.nn.Module | dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """A model as ``{subfolder: module}``: ``{"": model}``, or the dict itself."""
+    return dict(model) if isinstance(model, dict) else {"": model}
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Load the weights ``save_pretrained`` wrote to ``folder`` into ``model``, in place.
 
     A peft model gets its adapters (and ``modules_to_save``) back; a plain model its full weights.
     """
@@ -302,25 +309,33 @@ def resume_from(checkpoint: Path, model: torch.nn.Module, optimizer, scheduler, 
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
-    else:
-        state = {}
-        for shard in sorted(checkpoint.glob("*.safetensors")):
-            state.update(load_file(shard))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        # Tied weights (an lm_head that is the embedding matrix) are saved once.
-        tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-        missing = [k for k in missing if k not in tied]
-        if missing or unexpected:
-            raise RuntimeError(
-                f"{checkpoint}: weights do not match the model (missing {missing}, unexpected {unexpected})"
-            )
+        set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+        return
+    state = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied weights (an lm_head that is the embedding matrix) are saved once.
+    config = getattr(model, "config", None)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{folder}: weights do not match the model (missing {missing}, unexpected {unexpected})"
+        )
+
+
+def resume_from(checkpoint: Path, model, optimizer, scheduler, stream: Stream) -> tuple[int, dict[str, Any]]:
+    """Load the weights (of a model, or of a dict of models), optimiser, schedule, RNG and data position
+    of ``checkpoint``; return its step and the saved ``state``."""
+    for sub, module in _parts(model).items():
+        load_weights(module, checkpoint / sub)
     saved = load_training_state(checkpoint)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])
     stream.seek(**saved["state"]["stream"])
-    return int(saved["step"])
+    return int(saved["step"]), saved["state"]
 
 
 def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> float:
@@ -454,20 +469,23 @@ class StageRun:
         self.total_steps = 0
         self.metrics: MetricsLogger | None = None
         self.bar = None
+        self.resumed_state: dict[str, Any] = {}
 
     def start(self, model, cfg: TrainConfig, n_rows: int):
         """Make the optimiser, schedule and data stream for ``n_rows`` training rows; resume them (and the
-        weights) from the newest complete checkpoint if ``resume``; open metrics and the progress bar.
-        Returns ``(optimizer, scheduler, stream, step)``."""
+        weights, and ``resumed_state``) from the newest complete checkpoint if ``resume``; open metrics
+        and the progress bar. ``model``: a module, or a dict of modules trained together (checkpointed
+        in one subfolder each). Returns ``(optimizer, scheduler, stream, step)``."""
         from tqdm.auto import tqdm
 
         self.total_steps = cfg.total_steps(n_rows)
-        optimizer = make_optimizer(model, cfg.optim)
+        trained = torch.nn.ModuleDict(model) if isinstance(model, dict) else model
+        optimizer = make_optimizer(trained, cfg.optim)
         scheduler = make_scheduler(optimizer, self.total_steps, cfg.optim)
         stream, step = Stream(n_rows, self.settings.seed), 0
         checkpoints = list_checkpoints(self.dir) if self.settings.resume else []
         if checkpoints:
-            step = resume_from(checkpoints[-1], model, optimizer, scheduler, stream)
+            step, self.resumed_state = resume_from(checkpoints[-1], model, optimizer, scheduler, stream)
             self.log(f"resumed from {checkpoints[-1]} at step {step}")
         self.metrics = MetricsLogger(self.dir, self.settings.tensorboard, resume_step=step)
         show = self.settings.progress and is_main_process()
@@ -487,12 +505,15 @@ class StageRun:
         """True every ``every`` steps (0: never) and at the last step."""
         return bool(every and step % every == 0) or step == self.total_steps
 
-    def checkpoint(self, step: int, model, tokenizer, optimizer, scheduler, stream: Stream) -> None:
-        """Save a checkpoint on the ``save_every`` cadence, and where ``stop_after`` stops the run."""
+    def checkpoint(
+        self, step: int, model, tokenizer, optimizer, scheduler, stream: Stream, extra: dict | None = None
+    ) -> None:
+        """Save a checkpoint on the ``save_every`` cadence, and where ``stop_after`` stops the run;
+        ``extra`` (a stage's own counters) comes back as ``resumed_state`` on resume."""
         s = self.settings
         periodic = s.save_every and step % s.save_every == 0 and step < self.total_steps
         if is_main_process() and (periodic or step == self.stop_after):
-            state = {"stream": stream.position()}
+            state = {**(extra or {}), "stream": stream.position()}
             save_checkpoint(self.dir, step, model, tokenizer, optimizer, scheduler, state, s.keep_checkpoints)
 
     def interrupted(self, step: int) -> bool:

@@ -28,3 +28,14 @@ def demonstration_rows(
             }
         )
     return rows
+
+
+def prompt_rows(n: int, seed: int) -> list[dict[str, object]]:
+    """``n`` lab prompts in TRL's conversational prompt-only format, with ``family``, ``key`` and the
+    ground ``truth`` as extra columns (what the gold judge and ``rlhf.rewards:lab_gold`` need)."""
+    from rlhf.lab.world import sample_prompts
+
+    return [
+        {"prompt": p.messages(), "family": p.family, "key": p.key, "truth": dict(p.truth)}
+        for p in sample_prompts(n, seed)
+    ]

@@ -1,0 +1,191 @@
+"""``runs/<name>/report.html``: one self-contained page (plots embedded as PNG data URIs, no file or
+network reference) with the run's settings and stage times, every stage's learning curves, the
+over-optimisation view, the probe table of SFT against PPO, and responses side by side."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rlhf.training import atomic_file, read_metrics
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _curves(rows: list[dict], panels: list[tuple[str, list[tuple[str, str]]]], title: str) -> str:
+    """One figure, a panel per ``(ylabel, [(split, key), ...])``, metric against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (y, [(s, k) for s, k in series if any(r["split"] == s and k in r for r in rows)])
+        for y, series in panels
+    ]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        return "<p>(no metrics)</p>"
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
+    for ax, (ylabel, series) in zip(axes[0], panels):
+        for split, key in series:
+            pts = [(r["step"], r[key]) for r in rows if r["split"] == split and key in r]
+            ax.plot(*zip(*pts), marker="o" if split == "eval" else None, ms=3, label=f"{split} {key}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def _overoptimisation(result: dict[str, Any]) -> str:
+    """Gold and proxy reward against sqrt(KL) (Gao et al. 2022): the PPO run and best-of-n."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trace = [r for r in result.get("ppo_trace", []) if "gold" in r]
+    bon = result.get("best_of_n", [])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, key, label in (
+        (axes[0], "score", "proxy (reward model, normalised)"),
+        (axes[1], "gold", "gold utility"),
+    ):
+        if trace:
+            x = [math.sqrt(max(r["kl"], 0.0)) for r in trace]
+            ax.plot(x, [r[key] for r in trace], ".", alpha=0.6, label="PPO (per step)")
+        if bon:
+            ax.plot([math.sqrt(r["kl"]) for r in bon], [r["proxy" if key == "score" else "gold"] for r in bon], "s-",
+                    label="best-of-n (n = " + ", ".join(str(r["n"]) for r in bon) + ")")  # fmt: skip
+        ax.set_xlabel("sqrt(KL to SFT), sqrt(nats)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Over-optimisation: proxy and gold reward against the distance from the SFT policy")
+    return _png(fig)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;
+vertical-align:top;font-size:14px}th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;overflow-x:auto;
+font-size:12px}img{max-width:100%}h2{border-bottom:1px solid #ddd;padding-bottom:4px}"""
+
+
+def render_report(
+    run_dir: Path, config_yaml: str, timings: dict[str, float], result: dict[str, Any] | None
+) -> str:
+    """The report's HTML (a string)."""
+    parts = [f"<h1>RLHF run: {html.escape(run_dir.name)}</h1>"]
+    parts.append("<h2>Stages and times</h2>")
+    stage_names = {"base": "base model", "sft": "SFT", "collect": "preference collection", "rm": "reward model",
+                   "ppo": "PPO", "eval": "evaluation", "report": "report"}  # fmt: skip
+    parts.append(
+        _table(
+            ["stage", "seconds"],
+            [[stage_names.get(k, k), v] for k, v in timings.items() if not k.endswith("_partial")],
+        )
+    )
+    parts.append("<h2>Learning curves</h2>")
+    sft_rows, rm_rows, ppo_rows = (read_metrics(run_dir / s) for s in ("sft", "rm", "ppo"))
+    parts.append(
+        "<h3>SFT</h3>"
+        + _curves(sft_rows, [("loss (nats/token)", [("train", "loss"), ("eval", "loss")])], "SFT")
+    )
+    parts.append(
+        "<h3>Reward model</h3>"
+        + _curves(
+            rm_rows,
+            [("Bradley-Terry loss", [("train", "loss")]), ("pairwise accuracy", [("train", "accuracy"), ("eval", "accuracy")])],
+            "reward model",
+        )
+    )  # fmt: skip
+    parts.append(
+        "<h3>PPO</h3>"
+        + _curves(
+            ppo_rows,
+            [("reward-model score", [("train", "score")]), ("gold utility", [("train", "gold"), ("eval", "gold")]),
+             ("KL to SFT (nats)", [("train", "kl")]), ("beta", [("train", "beta")]),
+             ("response tokens", [("train", "response_tokens")])],
+            "PPO",
+        )
+    )  # fmt: skip
+    if result:
+        parts.append("<h2>Over-optimisation</h2>" + _overoptimisation(result))
+        bon = result.get("best_of_n", [])
+        if bon:
+            parts.append(
+                _table(["n", "KL", "proxy", "gold"], [[r["n"], r["kl"], r["proxy"], r["gold"]] for r in bon])
+            )
+        names = list(result["results"])
+        keys = []
+        for res in result["results"].values():
+            for k, v in res.items():
+                if isinstance(v, int | float) and k not in keys:
+                    keys.append(k)
+        parts.append("<h2>Probes and metrics: " + " vs ".join(html.escape(n) for n in names) + "</h2>")
+        parts.append(
+            _table(
+                ["metric", *names], [[k, *[result["results"][n].get(k, "-") for n in names]] for k in keys]
+            )
+        )
+        for name, res in result["results"].items():
+            if "length_bias" in res:
+                lb = res["length_bias"]
+                parts.append(
+                    f"<p>Length bias of {html.escape(name)}: reward-length correlation {lb['reward_length_corr']:+.3f}; "
+                    f"reward gain {lb['reward_gain']:+.3f}, of which {lb['gain_within_length']:+.3f} remains within "
+                    "length buckets.</p>"
+                )
+            regressions = res.get("safety_vs_baseline", {}).get("regressions")
+            if regressions is not None:
+                text = ", ".join(regressions) if regressions else "none"
+                parts.append(
+                    f"<p>Safety regressions of {html.escape(name)} against the baseline: {html.escape(text)}.</p>"
+                )
+        samples = result.get("samples", [])
+        if samples:
+            parts.append("<h2>Responses side by side</h2>")
+            cols = [k for k in samples[0] if k != "prompt"]
+            parts.append(_table(["prompt", *cols], [[s["prompt"], *[s[c] for c in cols]] for s in samples]))
+    parts.append("<h2>Settings</h2><pre>" + html.escape(config_yaml) + "</pre>")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>RLHF run '
+        + html.escape(run_dir.name)
+        + f"</title><style>{CSS}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>\n"
+    )
+
+
+def write_report(cfg, stages=None) -> Path:
+    """Write ``runs/<name>/report.html`` from what the run folder holds."""
+    d = cfg.dir
+    timings = json.loads((d / "timings.json").read_text()) if (d / "timings.json").exists() else {}
+    result = json.loads((d / "eval.json").read_text()) if (d / "eval.json").exists() else None
+    config_yaml = (d / "config.yaml").read_text() if (d / "config.yaml").exists() else ""
+    with atomic_file(d / "report.html") as f:
+        f.write(render_report(d, config_yaml, timings, result))
+    return d / "report.html"
