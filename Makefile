@@ -34,8 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py --ours-python $(abspath $(BIN))/python $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -212,3 +212,21 @@ def test_lab_sft_beats_the_base_model(tmp_path, lab_base_path):
         json.loads((Path(cfg.run.output_dir) / "final" / "gold.json").read_text())["gold_utility"]
         == gold[1]["gold_utility"]
     )
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from rlhf.training import atomic_dir, atomic_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "a.txt") as f:
+            f.write("x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "x").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

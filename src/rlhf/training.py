@@ -213,6 +213,12 @@ CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.pt"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; on success it is renamed to ``final`` in one step,
@@ -221,6 +227,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
         yield tmp
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -236,6 +243,7 @@ def atomic_file(final: Path) -> Iterator[Any]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
