@@ -18,7 +18,6 @@ from statistics import mean, median
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from rlhf import evaluate as ev
 from rlhf.modeling import load_tokenizer
@@ -67,7 +66,7 @@ def evaluate_policies(
         first_tok = load_tokenizer(next(iter(policies.values())))
         scorer = Scorer(RewardModelSpec(path=reward_model, normalize=(Path(reward_model) / "reward_stats.json").exists()),
                         first_tok, torch.device("cpu"))  # fmt: skip
-    ref_model = AutoModelForCausalLM.from_pretrained(reference).eval() if reference else None
+    ref_model = _load(reference)[0] if reference else None
 
     def conv(p, r):
         msgs = [{"role": "user", "content": p}] if isinstance(p, str) else [dict(m) for m in p]
