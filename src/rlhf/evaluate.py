@@ -296,39 +296,24 @@ def xstest_rates(rows: list[dict[str, str]], responses: Sequence[str]) -> dict[s
 # ---------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def sample_with_tokens(
     model, tokenizer, prompts: list, max_new_tokens: int = 48, temperature: float = 1.0, batch_size: int = 64,
     seed: int = 0, device: str | torch.device = "cpu",
 ) -> tuple[list[str], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]]:  # fmt: skip
-    """One sampled response per prompt (a string or a conversation): the texts, and per batch the
-    ``(prompt_ids, prompt_mask, response_ids, response_mask)`` tensors (for :func:`sequence_kl`)."""
+    """One sampled response per prompt (a string or a conversation), as PPO samples: the texts, and per
+    batch the ``(prompt_ids, prompt_mask, response_ids, response_mask)`` tensors (for :func:`sequence_kl`)."""
     from rlhf.data import PromptOnly
-    from rlhf.ppo import PPOConfig, encode_prompts, left_pad, sample, truncate_responses
+    from rlhf.ppo import PPOConfig, encode_prompts, sample_batches
 
     cfg = PPOConfig.model_construct(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, stop_strings=[]
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=1.0,
+        stop_strings=[],
+        rollout_size=batch_size,
     )
     tokens, _ = encode_prompts([PromptOnly(p) for p in prompts], tokenizer, max_length=10**9)
-    state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    model.eval()
-    texts, batches = [], []
-    try:
-        for i in range(0, len(tokens), batch_size):
-            ids, mask = left_pad(tokens[i : i + batch_size], tokenizer.pad_token_id, device)
-            raw = sample(model, tokenizer, ids, mask, cfg)
-            resp, rmask, _ = truncate_responses(raw, tokenizer.eos_token_id, tokenizer.pad_token_id)
-            batches.append((ids, mask, resp, rmask))
-            texts += [
-                t.strip()
-                for t in tokenizer.batch_decode(
-                    torch.where(rmask, resp, tokenizer.pad_token_id), skip_special_tokens=True
-                )
-            ]
-    finally:
-        torch.set_rng_state(state)
-    return texts, batches
+    return sample_batches(model, tokenizer, tokens, cfg, seed, device)
 
 
 @torch.no_grad()

@@ -674,31 +674,35 @@ def is_lab(records) -> bool:
 
 
 @torch.no_grad()
-def generate_for_eval(ppo: PPO, model_ctx, records, tokens, seed: int) -> list[str]:
-    """One sampled response per held-out prompt (training temperature), from the model ``model_ctx`` gives."""
-    cfg, tok = ppo.cfg, ppo.tokenizer
+@torch.no_grad()
+def sample_batches(model, tok, tokens: list[list[int]], cfg: PPOConfig, seed: int, device, bf16=False):
+    """One sampled response per tokenised prompt, ``cfg.rollout_size`` prompts at a time, under its own
+    seed (the global RNG is restored afterwards). Returns the decoded responses and, per batch, the
+    ``(prompt_ids, prompt_mask, response_ids, response_mask)`` tensors."""
     state = torch.get_rng_state()
     torch.manual_seed(seed)
-    out = []
+    model.eval()
+    texts, batches = [], []
     try:
-        with model_ctx as model:
-            model.eval()
-            for i in range(0, len(tokens), cfg.rollout_size):
-                ids, mask = left_pad(tokens[i : i + cfg.rollout_size], tok.pad_token_id, ppo.device)
-                with autocast(ppo.device, cfg.run.bf16):
-                    raw = sample(model, tok, ids, mask, cfg)
-                resp, rmask, _ = truncate_responses(
-                    raw, tok.eos_token_id, tok.pad_token_id, tok, cfg.stop_strings
-                )
-                out += [
-                    r.strip()
-                    for r in tok.batch_decode(
-                        torch.where(rmask, resp, tok.pad_token_id), skip_special_tokens=True
-                    )
-                ]
+        for i in range(0, len(tokens), cfg.rollout_size):
+            ids, mask = left_pad(tokens[i : i + cfg.rollout_size], tok.pad_token_id, device)
+            with autocast(torch.device(device), bf16):
+                raw = sample(model, tok, ids, mask, cfg)
+            resp, rmask, _ = truncate_responses(
+                raw, tok.eos_token_id, tok.pad_token_id, tok, cfg.stop_strings
+            )
+            batches.append((ids, mask, resp, rmask))
+            decoded = tok.batch_decode(torch.where(rmask, resp, tok.pad_token_id), skip_special_tokens=True)
+            texts += [t.strip() for t in decoded]
     finally:
         torch.set_rng_state(state)
-    return out
+    return texts, batches
+
+
+def generate_for_eval(ppo: PPO, model_ctx, tokens, seed: int) -> list[str]:
+    """One sampled response per held-out prompt (training temperature), from the model ``model_ctx`` gives."""
+    with model_ctx as model:
+        return sample_batches(model, ppo.tokenizer, tokens, ppo.cfg, seed, ppo.device, ppo.cfg.run.bf16)[0]
 
 
 def lab_eval_stats(records, plain, responses: list[str], reference: list[str]) -> dict[str, float]:
@@ -769,7 +773,7 @@ def train_ppo(cfg: PPOConfig, stop_after: int | None = None, log=print) -> Path:
         if reference_file.exists():
             reference = json.loads(reference_file.read_text())
         if len(reference) != len(eval_records):
-            reference = generate_for_eval(ppo, ppo._reference(), eval_records, eval_tokens, cfg.run.seed + 1)
+            reference = generate_for_eval(ppo, ppo._reference(), eval_tokens, cfg.run.seed + 1)
             if is_main_process():
                 reference_file.write_text(json.dumps(reference))
 
