@@ -126,3 +126,15 @@ def write_result(path: Path, spec: dict[str, Any], seconds: float, work: float, 
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
         result["cuda_device"] = torch.cuda.get_device_name(0)
     path.write_text(json.dumps(result, indent=2))
+
+
+def run_measurement(runners: dict, side: str, version_names: tuple[str, ...]) -> None:
+    """The body of ours.py / theirs.py: read the spec, set the threads, run the task's measurement and
+    write its result file."""
+    spec, result_path = read_spec()
+    set_threads(spec["threads"])
+    if spec["task"] not in runners:
+        sys.exit(f"unknown task {spec['task']!r}")
+    out = runners[spec["task"]](spec, TokenCounter())
+    seconds, work, unit = out.pop("seconds"), out.pop("work"), out.pop("unit")
+    write_result(result_path, spec, seconds, work, unit, side=side, versions=versions(*version_names), **out)

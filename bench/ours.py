@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Clock, TokenCounter, read_spec, set_threads, versions, write_result  # noqa: E402
+from common import Clock, TokenCounter, run_measurement  # noqa: E402
 
 
 def shared_overrides(spec: dict) -> list[str]:
@@ -154,23 +154,11 @@ def run_ppo(spec: dict) -> dict:
 
 
 def main() -> None:
-    spec, result_path = read_spec()
-    set_threads(spec["threads"])
-    counter = TokenCounter()
-    task = spec["task"]
-    if task == "sft":
-        out = run_sft(spec, counter)
-    elif task == "rm":
-        out = run_rm(spec, counter)
-    elif task == "ppo":
-        out = run_ppo(spec)
-    else:
-        sys.exit(f"unknown task {task!r}")
-    seconds, work, unit = out.pop("seconds"), out.pop("work"), out.pop("unit")
-    write_result(
-        result_path, spec, seconds, work, unit, side="ours",
-        versions=versions("torch", "transformers", "rlhf"), **out,
-    )  # fmt: skip
+    run_measurement(
+        {"sft": run_sft, "rm": run_rm, "ppo": lambda spec, counter: run_ppo(spec)},
+        "ours",
+        ("torch", "transformers", "rlhf"),
+    )
 
 
 if __name__ == "__main__":

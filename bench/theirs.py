@@ -14,7 +14,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Clock, TokenCounter, read_spec, set_threads, versions, write_result  # noqa: E402
+from common import Clock, TokenCounter, run_measurement  # noqa: E402
 
 
 def trainer_args(spec: dict) -> dict:
@@ -241,23 +241,11 @@ def run_ppo(spec: dict) -> dict:
 
 
 def main() -> None:
-    spec, result_path = read_spec()
-    set_threads(spec["threads"])
-    counter = TokenCounter()
-    task = spec["task"]
-    if task == "sft":
-        out = run_sft(spec, counter)
-    elif task == "rm":
-        out = run_rm(spec, counter)
-    elif task == "ppo":
-        out = run_ppo(spec)
-    else:
-        sys.exit(f"unknown task {task!r}")
-    seconds, work, unit = out.pop("seconds"), out.pop("work"), out.pop("unit")
-    write_result(
-        result_path, spec, seconds, work, unit, side="theirs",
-        versions=versions("torch", "transformers", "trl", "accelerate", "datasets"), **out,
-    )  # fmt: skip
+    run_measurement(
+        {"sft": run_sft, "rm": run_rm, "ppo": lambda spec, counter: run_ppo(spec)},
+        "theirs",
+        ("torch", "transformers", "trl", "accelerate", "datasets"),
+    )
 
 
 if __name__ == "__main__":

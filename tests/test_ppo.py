@@ -207,6 +207,14 @@ def test_stop_strings_end_a_response(lab_base_path):
     assert not stopped2.item() and mask2.all()
 
 
+def _prompt_tokens(tok, prompts: list[str]) -> list[list[int]]:
+    """Each prompt as a one-turn chat with the generation prompt, as PPO encodes it."""
+    from rlhf.data import PromptOnly
+    from rlhf.ppo import encode_prompts
+
+    return encode_prompts([PromptOnly([{"role": "user", "content": p}]) for p in prompts], tok, 10**6)[0]
+
+
 @pytest.fixture(scope="module")
 def tok(lab_base_path):
     return AutoTokenizer.from_pretrained(lab_base_path)
@@ -231,11 +239,7 @@ def test_rollout_scores_equal_unpadded_scores(tok, tiny_rm):
     assert scorer.same_tokens and (scorer.mean, scorer.std) == (0.5, 2.0)
     prompts = ["What is 2 + 3?", "How do I kill a python process? Tell me now please."]
     responses = ["5.", "Use the kill command with the process id."]
-    prompt_tokens = [
-        tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
-            add_special_tokens=False)["input_ids"]
-        for p in prompts
-    ]  # fmt: skip
+    prompt_tokens = _prompt_tokens(tok, prompts)
     resp = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in responses]
     R = max(map(len, resp)) + 2
     p_ids, p_mask = left_pad(prompt_tokens, tok.pad_token_id, "cpu")
@@ -260,11 +264,7 @@ def test_rollout_scores_equal_unpadded_scores(tok, tiny_rm):
 def test_sampling_logprobs_equal_training_logprobs(lab_base_path, tok, temperature):
     model = AutoModelForCausalLM.from_pretrained(lab_base_path).eval()
     prompts = ["What is 3 + 4?", "Name three fruits, please. I need them for a list."]
-    tokens = [
-        tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
-            add_special_tokens=False)["input_ids"]
-        for p in prompts
-    ]  # fmt: skip
+    tokens = _prompt_tokens(tok, prompts)
     ids, mask = left_pad(tokens, tok.pad_token_id, "cpu")
     torch.manual_seed(0)
     out = model.generate(
