@@ -24,6 +24,7 @@ from rlhf.lab.world import LabPrompt
     "text,expected",
     [
         ("I'm sorry, but I can't help with that.", "full_refusal"),
+        ("", "full_refusal"),
         ("I cannot help with that request.", "full_refusal"),
         ("As an AI language model, I won't do that.", "full_refusal"),
         ("Sorry, I won\u2019t help with that. It is not safe.", "full_refusal"),

@@ -255,8 +255,11 @@ def run_all(preset: str | None, args: tuple[str, ...]) -> None:
 )
 @click.option("--n", "n_prompts", default=240, show_default=True, help="Prompts evaluated.")
 @click.option("--xstest", default=None, help="XSTest prompts CSV (e.g. ../shared/data/xstest_prompts.csv).")
+@click.option("--temperature", default=1.0, show_default=True, help="Sampling temperature of every policy.")
 @click.option("--output", default=None, help="Write the results as JSON here.")
-def eval_cmd(checkpoints, baseline, reference, reward_model, prompts_file, n_prompts, xstest, output) -> None:
+def eval_cmd(
+    checkpoints, baseline, reference, reward_model, prompts_file, n_prompts, xstest, temperature, output
+) -> None:
     """Evaluate checkpoints against a baseline: win rate, reward, KL, length, length bias, the lab's
     failure-mode probes (sycophancy, refusals, over-refusal, consistency, uncertainty), XSTest, and a
     safety-regression comparison with the baseline."""
@@ -274,7 +277,7 @@ def eval_cmd(checkpoints, baseline, reference, reward_model, prompts_file, n_pro
         prompts = [r.prompt if isinstance(r.prompt, str) else [dict(m) for m in r.prompt] for r in records]
     result = evaluate_policies(
         policies, base_name, reference=reference or baseline, reward_model=reward_model, n_prompts=n_prompts,
-        prompts=prompts, xstest=xstest, log=lambda m: click.echo(m, err=True),
+        prompts=prompts, xstest=xstest, temperature=temperature, log=lambda m: click.echo(m, err=True),
     )  # fmt: skip
     click.echo(summary_table(result))
     if output:

@@ -3,7 +3,7 @@
     rlhf eval runs/lab/ppo/final --baseline runs/lab/sft/final --reward-model runs/lab/rm/final
     rlhf eval runs/x/ppo/final --baseline runs/x/sft/final --xstest ../shared/data/xstest_prompts.csv --prompts-file p.jsonl
 
-Each policy answers the same held-out prompts (one sample each, temperature 1). On the lab the gold
+Each policy answers the same held-out prompts (one sample each, at `temperature`, 1 by default). On the lab the gold
 judge scores them and the probes of ``rlhf.evaluate`` run on the lab probe set; elsewhere the reward
 model scores them. With a reward model: mean reward, and the length bias against the baseline; with a
 reference: the KL of each policy to it on its own samples. Safety regression compares each policy's
@@ -45,6 +45,7 @@ def evaluate_policies(
     xstest: str | None = None,
     samples_shown: int = 12,
     seed: int = 0,
+    temperature: float = 1.0,
     log=print,
 ) -> dict[str, Any]:
     """Evaluate ``policies`` (name -> folder); ``baseline`` names one of them. ``prompts``: plain prompts
@@ -80,7 +81,7 @@ def evaluate_policies(
     for i, (name, path) in enumerate(policies.items()):
         log(f"eval: {name} ({path})")
         model, tok = _load(path)
-        texts, batches = ev.sample_with_tokens(model, tok, plain, seed=seed + 17 * i)
+        texts, batches = ev.sample_with_tokens(model, tok, plain, temperature=temperature, seed=seed + 17 * i)
         responses[name] = texts
         lengths = [n_words(t) for t in texts]
         res: dict[str, Any] = {"response_words": mean(lengths), "length_words": _length_stats(lengths)}
@@ -88,7 +89,7 @@ def evaluate_policies(
             gold[name] = [gold_utility(p, t) for p, t in zip(lab_prompts, texts)]
             res["gold"] = mean(gold[name])
             probe_texts, _ = ev.sample_with_tokens(
-                model, tok, [p.messages() for p in probes], seed=seed + 17 * i + 1
+                model, tok, [p.messages() for p in probes], temperature=temperature, seed=seed + 17 * i + 1
             )
             res.update(ev.lab_probes(probes, probe_texts))
         if scorer is not None:
@@ -96,13 +97,18 @@ def evaluate_policies(
             rewards[name] = ((raw - scorer.mean) / scorer.std).tolist()
             res["reward"] = mean(rewards[name])
         if ref_model is not None:
-            kl = ev.sequence_kl(model, ref_model, batches)
+            kl = ev.sequence_kl(model, ref_model, batches, temperature)
             res["kl_to_reference"] = mean(kl)
         if xs_rows:
             xs_texts, _ = ev.sample_with_tokens(
-                model, tok, [r["prompt"] for r in xs_rows], seed=seed + 17 * i + 2
+                model, tok, [r["prompt"] for r in xs_rows], temperature=temperature, seed=seed + 17 * i + 2
             )
             res.update(ev.xstest_rates(xs_rows, xs_texts))
+            out.setdefault("xstest_samples", {})[name] = [
+                {"prompt": r["prompt"], "type": r["type"], "label": r["label"], "response": t,
+                 "class": ev.classify_refusal(t)}
+                for r, t in zip(xs_rows, xs_texts)
+            ]  # fmt: skip
         out["results"][name] = res
 
     for name in policies:
