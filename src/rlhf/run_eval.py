@@ -101,7 +101,11 @@ def evaluate_policies(
             res["kl_to_reference"] = mean(kl)
         if xs_rows:
             xs_texts, _ = ev.sample_with_tokens(
-                model, tok, [r["prompt"] for r in xs_rows], temperature=temperature, seed=seed + 17 * i + 2
+                model,
+                tok,
+                [[{"role": "user", "content": r["prompt"]}] for r in xs_rows],  # a user's turn
+                temperature=temperature,
+                seed=seed + 17 * i + 2,
             )
             res.update(ev.xstest_rates(xs_rows, xs_texts))
             out.setdefault("xstest_samples", {})[name] = [
