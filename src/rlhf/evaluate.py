@@ -30,6 +30,8 @@ from typing import Literal
 
 import torch
 
+from rlhf.reward import pearson
+
 # ---------------------------------------------------------------------------------------------------
 # The refusal classifier
 # ---------------------------------------------------------------------------------------------------
@@ -86,16 +88,6 @@ def win_rate(scores: Sequence[float], baseline: Sequence[float]) -> float:
     return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline)) / len(scores)
 
 
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    n = len(x)
-    if n < 2:
-        return float("nan")
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
-
-
 def length_bias(
     rewards: Sequence[float], lengths: Sequence[int], base_rewards: Sequence[float], base_lengths: Sequence[int],
     n_buckets: int = 4,
@@ -130,7 +122,7 @@ def length_bias(
         else float("nan")
     )
     return {
-        "reward_length_corr": pearson(list(rewards), [float(n) for n in lengths]),
+        "reward_length_corr": pearson(torch.tensor(rewards), torch.tensor(lengths, dtype=torch.float64)),
         "reward_gain": sum(rewards) / len(rewards) - sum(base_rewards) / len(base_rewards),
         "gain_within_length": within,
     }

@@ -64,7 +64,7 @@ from rlhf.modeling import (
     sequence_scores,
     token_scores,
 )
-from rlhf.rewards import call_reward_function, lab_prompt, load_reward_function
+from rlhf.rewards import call_reward_function, lab_gold, load_reward_function
 from rlhf.training import (
     OptimSettings,
     RunSettings,
@@ -568,7 +568,7 @@ class PPO:
         self.policy.train()
         if self.critic is not None:
             self.critic.train()
-        trained = [p for m in self.trained().values() for p in m.parameters() if p.requires_grad]
+        trained = torch.nn.ModuleDict(self.trained())  # policy and critic, clipped together
         B, mini = len(ro.scores), cfg.rows_per_step
         P = ro.prompt_ids.shape[1]
         sums: dict[str, float] = defaultdict(float)
@@ -615,7 +615,7 @@ class PPO:
                     break
                 for k, v in mb.items():
                     sums[k] += v
-                sums["grad_norm"] += clip_gradients_of(trained, cfg.optim.max_grad_norm)
+                sums["grad_norm"] += clip_gradients(trained, cfg.optim.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 n_minibatches += 1
@@ -639,13 +639,6 @@ class PPO:
         """5. The adaptive KL controller (a no-op with ``adaptive_kl: false``)."""
         if self.cfg.adaptive_kl:
             self.beta = adaptive_kl_coef(self.beta, seq_kl, self.cfg.kl_target, self.cfg.kl_horizon, n)
-
-
-def clip_gradients_of(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
-    """:func:`rlhf.training.clip_gradients` over a list of parameters (policy and critic together)."""
-    holder = torch.nn.Module()
-    holder.params = torch.nn.ParameterList([p for p in params if p.grad is not None])
-    return clip_gradients(holder, max_norm)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -707,15 +700,15 @@ def generate_for_eval(ppo: PPO, model_ctx, tokens, seed: int) -> list[str]:
 
 def lab_eval_stats(records, plain, responses: list[str], reference: list[str]) -> dict[str, float]:
     """Gold utility of the responses, by family, their win rate against the reference's (ties half)."""
-    from rlhf.lab.judge import gold_utility, n_words
+    from rlhf.evaluate import win_rate
+    from rlhf.lab.judge import n_words
 
-    gold = [gold_utility(lab_prompt(p, r.meta), x) for p, r, x in zip(plain, records, responses)]
-    ref = [gold_utility(lab_prompt(p, r.meta), x) for p, r, x in zip(plain, records, reference)]
-    wins = [1.0 if g > h else 0.5 if g == h else 0.0 for g, h in zip(gold, ref)]
+    meta = [r.meta for r in records]
+    gold, ref = lab_gold(plain, responses, meta), lab_gold(plain, reference, meta)
     stats = {
         "gold": sum(gold) / len(gold),
         "gold_reference": sum(ref) / len(ref),
-        "win_rate": sum(wins) / len(wins),
+        "win_rate": win_rate(gold, ref),
         "response_words": sum(n_words(x) for x in responses) / len(responses),
     }
     by_family: dict[str, list[float]] = defaultdict(list)
@@ -803,17 +796,10 @@ def train_ppo(cfg: PPOConfig, stop_after: int | None = None, log=print) -> Path:
     # 5. The loop: one rollout and its update per step.
     while step < total_steps:
         idx = stream.take(cfg.rollout_size)
-        records = [train_records[i] for i in idx]
-        rollout, responses, roll_stats = ppo.rollout(
-            records, [train_plain[i] for i in idx], [train_tokens[i] for i in idx]
-        )
+        records, plain = [train_records[i] for i in idx], [train_plain[i] for i in idx]
+        rollout, responses, roll_stats = ppo.rollout(records, plain, [train_tokens[i] for i in idx])
         if lab:
-            from rlhf.lab.judge import gold_utility
-
-            gold = [
-                gold_utility(lab_prompt(train_plain[i], train_records[i].meta), r)
-                for i, r in zip(idx, responses)
-            ]
+            gold = lab_gold(plain, responses, [r.meta for r in records])
             roll_stats["gold"] = sum(gold) / len(gold)
         generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)  # minibatch order
         upd_stats = ppo.update(rollout, optimizer, generator)

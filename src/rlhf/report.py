@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rlhf.run_eval import metric_names
 from rlhf.training import atomic_file, read_metrics
 
 
@@ -140,11 +141,7 @@ def render_report(
                 _table(["n", "KL", "proxy", "gold"], [[r["n"], r["kl"], r["proxy"], r["gold"]] for r in bon])
             )
         names = list(result["results"])
-        keys = []
-        for res in result["results"].values():
-            for k, v in res.items():
-                if isinstance(v, int | float) and k not in keys:
-                    keys.append(k)
+        keys = metric_names(result)
         parts.append("<h2>Probes and metrics: " + " vs ".join(html.escape(n) for n in names) + "</h2>")
         parts.append(
             _table(

@@ -183,14 +183,24 @@ def evaluate_run(cfg, stages: dict[str, Any], log=print) -> Path:
     return d / "eval.json"
 
 
-def summary_table(result: dict[str, Any]) -> str:
-    """The terminal table of an evaluation: one column per policy."""
-    names = list(result["results"])
+def metric_names(result: dict[str, Any], skip_prefix: str | None = None) -> list[str]:
+    """The numeric metrics of an evaluation's policies, in first-seen order."""
     keys: list[str] = []
     for res in result["results"].values():
         for k, v in res.items():
-            if isinstance(v, int | float) and k not in keys and not k.startswith("xstest/"):
+            if (
+                isinstance(v, int | float)
+                and k not in keys
+                and not (skip_prefix and k.startswith(skip_prefix))
+            ):
                 keys.append(k)
+    return keys
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """The terminal table of an evaluation: one column per policy (per-type XSTest rates left out)."""
+    names = list(result["results"])
+    keys = metric_names(result, skip_prefix="xstest/")
     width = max(len(k) for k in keys) + 2
     lines = [f"{'':<{width}}" + "".join(f"{n:>12}" for n in names)]
     for k in keys:
