@@ -351,10 +351,18 @@ def test_lora_reference_is_the_policy_without_adapters_and_resume_is_exact(tmp_p
     common = (
         f"reward_models=[{{\"path\": \"{tiny_rm}\"}}]", "critic=reward", "lora.r=4", "rollout_size=8",
         "batch_size=4", "max_new_tokens=8", "optim.lr=1e-3", "max_steps=4", "run.save_every=0",
+        "eval_prompts=8", "run.eval_every=2",
     )  # fmt: skip
     straight = _cfg(tmp_path, lab_base_path, "straight", *common)
     train_ppo(straight, log=lambda *_: None)
     rows = [r for r in read_metrics(straight.run.output_dir) if r["split"] == "train"]
+    # The held-out evaluation: gold utility and win rate against the reference's responses.
+    evals = [r for r in read_metrics(straight.run.output_dir) if r["split"] == "eval"]
+    assert [r["step"] for r in evals][-2:] == [2, 4]
+    assert all(0.0 <= r["win_rate"] <= 1.0 and math.isfinite(r["gold"]) for r in evals)
+    samples = json.loads((Path(straight.run.output_dir) / "eval_samples.json").read_text())
+    assert samples["step"] == 4 and len(samples["samples"]) == 8
+    assert all({"prompt", "response", "reference"} <= set(s) for s in samples["samples"])
     # Step 1: the adapters start at zero, so the policy is its reference and every KL term is 0.
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)
     assert any(abs(r["kl"]) > 1e-4 for r in rows[1:])

@@ -571,6 +571,7 @@ class PPO:
         trained = torch.nn.ModuleDict(self.trained())  # policy and critic, clipped together
         B, mini = len(ro.scores), cfg.rows_per_step
         P = ro.prompt_ids.shape[1]
+        lengths = ro.response_mask.sum(1).tolist()
         sums: dict[str, float] = defaultdict(float)
         n_minibatches = 0
         t0 = time.perf_counter()
@@ -579,6 +580,8 @@ class PPO:
             order = torch.randperm(B, generator=generator).tolist()
             for start in range(0, B, mini):
                 idx = order[start : start + mini]
+                if cfg.group_by_length:  # micro-batches of similar length: the same minibatch gradient
+                    idx.sort(key=lambda i: -lengths[i])
                 normalizer = ro.response_mask[idx].sum()
                 mb: dict[str, float] = defaultdict(float)  # this minibatch's statistics
                 for m0 in range(0, mini, cfg.batch_size):
@@ -666,7 +669,6 @@ def is_lab(records) -> bool:
     return bool(records) and all("truth" in r.meta and "family" in r.meta for r in records)
 
 
-@torch.no_grad()
 @torch.no_grad()
 def sample_batches(model, tok, tokens: list[list[int]], cfg: PPOConfig, seed: int, device, bf16=False):
     """One sampled response per tokenised prompt, ``cfg.rollout_size`` prompts at a time, under its own
@@ -771,9 +773,7 @@ def train_ppo(cfg: PPOConfig, stop_after: int | None = None, log=print) -> Path:
                 reference_file.write_text(json.dumps(reference))
 
     def evaluate(step: int) -> None:
-        responses = generate_for_eval(
-            ppo, nullcontext(ppo.policy), eval_records, eval_tokens, cfg.run.seed + 2
-        )
+        responses = generate_for_eval(ppo, nullcontext(ppo.policy), eval_tokens, cfg.run.seed + 2)
         values: dict[str, float] = {}
         if lab:
             values.update(lab_eval_stats(eval_records, eval_plain, responses, reference))
