@@ -304,6 +304,11 @@ def write_markdown(path: Path, results: dict) -> None:
         "- **Switched off on both sides** as far as each allows: evaluation, checkpoints, logging",
         "  integrations, progress bars, gradient checkpointing and bf16 on CPU (TRL turns both on by",
         "  default). TRL still computes its per-step metrics; ours writes one metrics line (PPO: one per step).",
+        "- **Batching**, each side at its defaults: ours takes each optimiser step's examples from",
+        "  length-sorted windows of shuffled examples (`group_by_length`) and packs reward-model",
+        "  micro-batches end to end without padding (`padding_free`); TRL pads each batch to its longest",
+        '  sequence, in random order (its `train_sampling_strategy="group_by_length"` is off by default;',
+        "  `run.py --trl-group-by-length` turns it on for TRL's SFT).",
         "- **PPO** (TRL 1.12 `trl.experimental.ppo`): the same rollout batch, response length (sampling",
         "  stops at EOS, which random weights rarely pick, so responses are ~full length on both sides),",
         "  minibatches, PPO epochs, temperature, fixed KL coefficient, clip ranges and value coefficient;",
@@ -402,6 +407,8 @@ def write_markdown(path: Path, results: dict) -> None:
                 f"{p['ppo_epochs']} PPO epochs, responses up to {p['response_length']} tokens at temperature "
                 f"{p['temperature']}, kl_coef {p['kl_coef']} (fixed), missing-EOS penalty {p['missing_eos_penalty']}"
             )
+        if sp.get("trl_group_by_length") and row["task"] == "sft":
+            text += "; TRL with `train_sampling_strategy=group_by_length`"
         lines.append(f"- **{row['name']}** ({row['model']}): {text}")
     described = {
         "tiny": "a Llama with random weights and the lab tokenizer",
@@ -437,6 +444,11 @@ def main() -> None:
     ap.add_argument("--settings", default=None, help="row settings: cpu (default on CPU) or gpu (on CUDA)")
     ap.add_argument("--tokenizer", help="lab tokenizer folder, or 'train' to train the lab tokenizer alone "
                     "(default: the lab base model's, rlhf.lab.base.build_base_model())")  # fmt: skip
+    ap.add_argument(
+        "--trl-group-by-length",
+        action="store_true",
+        help="TRL's SFT with train_sampling_strategy=group_by_length (its default: random batches)",
+    )
     ap.add_argument("--sides", default="ours,theirs", help="ours,theirs (default) or one of them")
     ap.add_argument("--workdir", default=str(HERE / ".work"), help="models, data, logs (default bench/.work)")
     ap.add_argument("--out", default=str(HERE), help="folder for the results files (default bench/)")
@@ -497,7 +509,7 @@ def main() -> None:
             m = prepared["models"][model]
             spec.update(
                 task=task, model=m["policy"]["path"], rm_model=m["reward"]["path"], data=prepared["data"][task],
-                threads=threads, seed=0, device=args.device, bf16=bf16,
+                threads=threads, seed=0, device=args.device, bf16=bf16, trl_group_by_length=args.trl_group_by_length,
             )  # fmt: skip
             repeats = min(args.repeats, args.smollm2_repeats) if model == "smollm2" else args.repeats
             rows.append(

@@ -72,6 +72,8 @@ def run_sft(spec: dict, counter: TokenCounter) -> dict:
         packing=False,
         padding_free=False,
         completion_only_loss=True,
+        # Off by default in TRL, as in ours' RESULTS table; `run.py --trl-group-by-length` turns it on.
+        train_sampling_strategy="group_by_length" if spec.get("trl_group_by_length") else "random",
     )
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=jsonl_dataset(spec["data"]), processing_class=tok

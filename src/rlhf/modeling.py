@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -198,6 +199,91 @@ def sequence_scores(
         return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
     scores = token_scores(model, input_ids, attention_mask)
     return scores.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
+
+
+def pack_sequences(
+    seqs: Sequence[Sequence[int]], pad_id: int, width: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Padding-free layout of a batch: the sequences end to end in rows of ``width`` tokens (default:
+    the longest sequence's length; first-fit decreasing), positions restarting at 0 with each sequence, so that a decoder given these
+    ``position_ids`` and no attention mask attends within each sequence only (transformers builds the
+    block-diagonal causal mask from the position restarts). A row's unused tail holds PAD tokens with
+    their own restarted positions: a sequence of its own whose outputs are never read.
+
+    Returns ``input_ids`` and ``position_ids`` (N, W), and ``last`` (S,): the flat index
+    ``row * W + column`` of each sequence's last token, in the order of ``seqs``.
+    """
+    width = max([len(s) for s in seqs] + [width or 0])
+    rows: list[list[int]] = []  # sequence indices per row
+    free: list[int] = []  # room left per row
+    for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
+        row = next((r for r, room in enumerate(free) if room >= len(seqs[i])), None)
+        if row is None:
+            rows.append([])
+            free.append(width)
+            row = len(rows) - 1
+        rows[row].append(i)
+        free[row] -= len(seqs[i])
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    last = torch.zeros(len(seqs), dtype=torch.long)
+    for r, members in enumerate(rows):
+        col = 0
+        for i in members:
+            n = len(seqs[i])
+            ids[r, col : col + n] = torch.as_tensor(seqs[i])
+            pos[r, col : col + n] = torch.arange(n)
+            last[i] = r * width + col + n - 1
+            col += n
+        pos[r, col:] = torch.arange(width - col)
+    return {"input_ids": ids, "position_ids": pos, "last": last}
+
+
+def packed_sequence_scores(model: torch.nn.Module, packed: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`sequence_scores` of a :func:`pack_sequences` batch: (S,), one score per packed sequence."""
+    inner = _inner(model)
+    backbone = getattr(inner, inner.base_model_prefix)
+    hidden = backbone(
+        input_ids=packed["input_ids"],
+        position_ids=packed["position_ids"],
+        attention_mask=None,
+        use_cache=False,
+    ).last_hidden_state
+    return inner.score(hidden.reshape(-1, hidden.shape[-1])[packed["last"]]).squeeze(-1).float()
+
+
+def _unpadded(seq: Sequence[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor([list(seq)], device=device)
+    return ids, torch.ones_like(ids, dtype=torch.bool)
+
+
+@torch.no_grad()
+def supports_packing(model: torch.nn.Module) -> bool:
+    """Whether ``model`` scores :func:`pack_sequences` batches as it scores padded ones: a decoder with
+    a ``score`` head whose attention honours position restarts. Checked once on two short sequences
+    (the answer is cached on the model)."""
+    cached = getattr(model, "_rlhf_packing_ok", None)
+    if cached is not None:
+        return cached
+    ok = False
+    if hasattr(_inner(model), "score"):
+        vocab = _inner(model).config.vocab_size
+        g = torch.Generator().manual_seed(0)
+        seqs = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (5, 3)]
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            packed = {k: v.to(device) for k, v in pack_sequences(seqs, 0, width=8).items()}  # one row
+            got = packed_sequence_scores(model, packed)
+            want = torch.cat([sequence_scores(model, *_unpadded(s, device)) for s in seqs])
+            ok = bool(torch.allclose(got, want, atol=1e-4, rtol=1e-3))
+        except Exception:  # noqa: BLE001 - any model that cannot take this layout is scored padded
+            ok = False
+        finally:
+            model.train(was_training)
+    model._rlhf_packing_ok = ok
+    return ok
 
 
 def prepare_for_training(

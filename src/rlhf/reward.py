@@ -37,8 +37,11 @@ from rlhf.modeling import (
     count_parameters,
     load_reward_model,
     load_tokenizer,
+    pack_sequences,
+    packed_sequence_scores,
     prepare_for_training,
     sequence_scores,
+    supports_packing,
 )
 from rlhf.sft import Example, collate, fit_length, tokenize
 from rlhf.training import (
@@ -67,6 +70,9 @@ class RMConfig(TrainConfig):
     center_coef: float = Field(0.0, ge=0, description="reward-centering coefficient (0: off)")
     ties: Literal["equal", "skip"] = Field("equal", description="tied pairs: pull rewards together, or skip")
     epochs: float = Field(2.0, gt=0, description="passes over the data when max_steps is null")
+    padding_free: bool = Field(
+        True, description="score each micro-batch packed end to end, without padding (decoders)"
+    )
     stats_responses: int = Field(2000, ge=2, description="training responses scored for reward_stats.json")
     optim: OptimSettings = Field(default_factory=lambda: OptimSettings(lr=5e-4))
     run: RunSettings = Field(default_factory=lambda: RunSettings(output_dir="runs/rm-lab"))
@@ -97,17 +103,22 @@ def tokenize_pair(record: rdata.Preference, tokenizer, max_length: int) -> Pair 
     return Pair(chosen, rejected, float(record.margin or 0.0), bool(record.meta.get("tie", False)), group)
 
 
-def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
-    """Chosen sequences then rejected ones, right-padded in one batch of 2B rows."""
-    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+def collate_pairs(pairs: list[Pair], pad_id: int, packed: bool = False) -> dict[str, torch.Tensor]:
+    """Chosen sequences then rejected ones: right-padded in one batch of 2B rows, or with ``packed``
+    laid end to end without padding (``rlhf.modeling.pack_sequences``: same rewards, fewer positions)."""
+    sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    batch = pack_sequences([e.input_ids for e in sequences], pad_id) if packed else collate(sequences, pad_id)
     batch["margin"] = torch.tensor([p.margin for p in pairs])
     batch["tie"] = torch.tensor([p.tie for p in pairs])
     return batch
 
 
 def pair_rewards(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(r_chosen, r_rejected)``, each (B,)."""
-    rewards = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+    """``(r_chosen, r_rejected)``, each (B,), from a ``collate_pairs`` batch (padded or packed)."""
+    if "last" in batch:
+        rewards = packed_sequence_scores(model, batch)
+    else:
+        rewards = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
     n = len(batch["margin"])
     return rewards[:n], rewards[n:]
 
@@ -256,16 +267,25 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
     log(f"{len(train)} training pairs, {len(evals)} eval pairs; {total_steps} steps of {per_step} pairs")
 
     # 4. Optimiser, schedule, data order, and the state of an interrupted run.
-    optimizer, scheduler, stream, step = run.start(model, cfg, len(train))
+    lengths = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in train]
+    optimizer, scheduler, stream, step = run.start(model, cfg, len(train), lengths)
     pad_id = tokenizer.pad_token_id
+    packed = cfg.padding_free and supports_packing(model)
+    if cfg.padding_free and not packed:
+        log("padding_free: this model does not take packed batches; training on padded ones")
 
     # 5. The loop: one optimiser step per iteration.
     window = {"loss": 0.0, "pairs": 0, "correct": 0.0, "decisive": 0, "t0": time.perf_counter()}
     while step < total_steps:
         # 5a. This step's pairs in micro-batches; the loss is averaged over all pairs of the step.
         rows = [train[i] for i in stream.take(per_step)]
+        if cfg.group_by_length:  # micro-batches of similar length: the same step, less padding
+            rows.sort(key=lambda p: max(len(p.chosen.input_ids), len(p.rejected.input_ids)))
         for i in range(0, per_step, cfg.batch_size):
-            batch = {k: v.to(device) for k, v in collate_pairs(rows[i : i + cfg.batch_size], pad_id).items()}
+            batch = {
+                k: v.to(device)
+                for k, v in collate_pairs(rows[i : i + cfg.batch_size], pad_id, packed).items()
+            }
             with autocast(device, cfg.run.bf16):
                 r_chosen, r_rejected = pair_rewards(model, batch)
             loss, stats = bradley_terry_loss(

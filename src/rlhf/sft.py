@@ -262,7 +262,8 @@ def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
     log(f"{len(train)} training rows, {len(evals)} eval rows; {total_steps} steps of {per_step} rows")
 
     # 4. Optimiser, schedule, data order, and the state of an interrupted run.
-    optimizer, scheduler, stream, step = run.start(model, cfg, len(train))
+    lengths = [len(e.input_ids) for e in train]
+    optimizer, scheduler, stream, step = run.start(model, cfg, len(train), lengths)
     lab_eval = cfg.model == "lab" and cfg.lab_eval_prompts > 0
     if step == 0 and lab_eval:
         run.metrics.log(0, "eval", **lab_gold(model, tokenizer, cfg.lab_eval_prompts))
@@ -272,6 +273,8 @@ def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
     while step < total_steps:
         # 5a. This step's rows, split into micro-batches; the loss tokens of all of them normalise.
         rows = [train[i] for i in stream.take(per_step)]
+        if cfg.group_by_length:  # micro-batches of similar length: the same step, less padding
+            rows.sort(key=lambda e: len(e.input_ids))
         micro = [
             collate(rows[i : i + cfg.batch_size], tokenizer.pad_token_id)
             for i in range(0, per_step, cfg.batch_size)

@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,6 +99,9 @@ class TrainConfig(StageConfig):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
     max_steps: int | None = Field(None, ge=1, description="optimiser steps (null: use epochs)")
     epochs: float = Field(1.0, gt=0, description="passes over the data when max_steps is null")
+    group_by_length: bool = Field(
+        True, description="micro-batches of examples of similar length (less padding; see Stream)"
+    )
     optim: OptimSettings = Field(default_factory=OptimSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     run: RunSettings = Field(default_factory=RunSettings)
@@ -185,7 +188,9 @@ def make_optimizer(model: torch.nn.Module, s: OptimSettings) -> torch.optim.Adam
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": s.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=s.lr, betas=s.betas)
+    # The fused kernel (one pass over all tensors) where the parameters' device has it.
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=s.lr, betas=s.betas, fused=fused or None)
 
 
 def lr_factor(step: int, total_steps: int, s: OptimSettings) -> float:
@@ -361,15 +366,40 @@ def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> float:
 
 class Stream:
     """The training examples in a seeded order, reshuffled every epoch; its position is saved in
-    checkpoints so a resumed run sees exactly the examples it would have seen."""
+    checkpoints so a resumed run sees exactly the examples it would have seen.
 
-    def __init__(self, n: int, seed: int, epoch: int = 0, index: int = 0) -> None:
+    With ``lengths`` and ``group`` (the rows of one optimiser step), the order is length-grouped, to cut
+    padding: each window of ``group * GROUP_WINDOW`` shuffled examples is sorted by length and cut into
+    runs of ``group`` examples (the steps), and the runs are shuffled. Every example is still seen once
+    per epoch in a seeded order; only which examples share a step changes (examples of similar length
+    do), as with ``group_by_length`` in transformers' Trainer. A stage then sorts a step's rows by length
+    before cutting them into micro-batches, which leaves the step's gradient unchanged, so
+    ``batch_size`` x ``grad_accum`` splits of the same step still make the same update.
+    """
+
+    GROUP_WINDOW = 32  # steps per sorted window
+
+    def __init__(
+        self, n: int, seed: int, epoch: int = 0, index: int = 0,
+        lengths: Sequence[int] | None = None, group: int = 1,
+    ) -> None:  # fmt: skip
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"Stream: {len(lengths)} lengths for {n} examples")
         self.n, self.seed, self.epoch, self.index = n, seed, epoch, index
+        self.lengths, self.group = (list(lengths) if lengths is not None else None), group
         self._order = self._permutation()
 
     def _permutation(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
+        order = torch.randperm(self.n, generator=g).tolist()
+        if self.lengths is None or self.group < 2:
+            return order
+        window = self.group * self.GROUP_WINDOW
+        runs = []
+        for start in range(0, self.n, window):
+            chunk = sorted(order[start : start + window], key=lambda i: -self.lengths[i])
+            runs += [chunk[i : i + self.group] for i in range(0, len(chunk), self.group)]
+        return [i for r in torch.randperm(len(runs), generator=g).tolist() for i in runs[r]]
 
     def take(self, k: int) -> list[int]:
         out = []
@@ -479,8 +509,9 @@ class StageRun:
         self.bar = None
         self.resumed_state: dict[str, Any] = {}
 
-    def start(self, model, cfg: TrainConfig, n_rows: int):
-        """Make the optimiser, schedule and data stream for ``n_rows`` training rows; resume them (and the
+    def start(self, model, cfg: TrainConfig, n_rows: int, lengths: Sequence[int] | None = None):
+        """Make the optimiser, schedule and data stream for ``n_rows`` training rows (length-grouped when
+        ``cfg.group_by_length`` and the rows' ``lengths`` are given: see ``Stream``); resume them (and the
         weights, and ``resumed_state``) from the newest complete checkpoint if ``resume``; open metrics
         and the progress bar. ``model``: a module, or a dict of modules trained together (checkpointed
         in one subfolder each). Returns ``(optimizer, scheduler, stream, step)``."""
@@ -490,7 +521,8 @@ class StageRun:
         trained = torch.nn.ModuleDict(model) if isinstance(model, dict) else model
         optimizer = make_optimizer(trained, cfg.optim)
         scheduler = make_scheduler(optimizer, self.total_steps, cfg.optim)
-        stream, step = Stream(n_rows, self.settings.seed), 0
+        grouped = lengths if getattr(cfg, "group_by_length", False) else None
+        stream, step = Stream(n_rows, self.settings.seed, lengths=grouped, group=cfg.rows_per_step), 0
         checkpoints = list_checkpoints(self.dir) if self.settings.resume else []
         if checkpoints:
             step, self.resumed_state = resume_from(checkpoints[-1], model, optimizer, scheduler, stream)
