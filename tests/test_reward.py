@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf import data as rdata
 from rlhf.collect import CollectConfig, collect
-from rlhf.config import load_config
+from rlhf.config import ConfigError, load_config
 from rlhf.losses import bradley_terry_loss
 from rlhf.modeling import (
     last_token_index,
@@ -33,7 +33,7 @@ from rlhf.reward import (
     train_rm,
 )
 from rlhf.sft import Example
-from rlhf.training import read_metrics
+from rlhf.training import load_splits, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -250,6 +250,23 @@ def _rm_cfg(tmp_path: Path, prefs: Path, base: Path, name: str, *overrides: str)
             *overrides,
         ],
     )
+
+
+def test_data_may_be_a_list_of_datasets(tmp_path):
+    """Pairs of two collection rounds train one reward model: ``data`` and ``eval_data`` take lists."""
+    rounds = []
+    for r in (1, 2):
+        rows = [{"prompt": f"Q{r}.{i}", "chosen": f"good {r}", "rejected": f"bad {r}"} for i in range(r + 2)]
+        rdata.write_jsonl(rows, tmp_path / f"round{r}.jsonl")
+        rounds.append(str(tmp_path / f"round{r}.jsonl"))
+    cfg = load_config(RMConfig, None, [f"data=[{rounds[0]}, {rounds[1]}]", f"eval_data=[{rounds[1]}]"])
+    said: list[str] = []
+    train, evals = load_splits(cfg, rdata.load_preferences, said.append)
+    assert [r.prompt for r in train] == ["Q1.0", "Q1.1", "Q1.2", "Q2.0", "Q2.1", "Q2.2", "Q2.3"]
+    assert len(evals) == 4
+    assert [line.split(":")[0] for line in said] == [rounds[0], rounds[1], rounds[1]]
+    with pytest.raises(ConfigError, match="at least 1 item"):
+        load_config(RMConfig, None, ["data=[]"])
 
 
 def test_lab_reward_model_learns_the_preferences(tmp_path, lab_prefs, lab_base_path):

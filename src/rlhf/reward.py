@@ -47,6 +47,7 @@ from rlhf.sft import Example, collate, fit_length, tokenize
 from rlhf.training import (
     OptimSettings,
     RunSettings,
+    Sources,
     StageRun,
     TrainConfig,
     autocast,
@@ -59,11 +60,12 @@ class RMConfig(TrainConfig):
     SFT model on pairs written by ``rlhf collect``."""
 
     model: str = Field("runs/sft-lab/final", description="initial model: SFT folder, lab, smollm2, hub name")
-    data: str = Field(
-        "runs/prefs-lab/train.jsonl", description="preference data: file, saved folder, hub name"
+    data: Sources = Field(
+        "runs/prefs-lab/train.jsonl", description="preference data: file, saved folder, hub name, or a list"
     )
-    eval_data: str | None = Field(
-        "runs/prefs-lab/eval.jsonl", description="eval pairs (null: hold out eval_fraction)"
+    eval_data: Sources | None = Field(
+        "runs/prefs-lab/eval.jsonl",
+        description="eval pairs, one dataset or a list (null: hold out eval_fraction)",
     )
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="share of data held out when eval_data is null")
     use_margin: bool = Field(True, description="use the `margin` column when the data has one")

@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -79,15 +79,21 @@ class RunSettings(BaseModel):
     progress: bool = Field(True, description="show a progress bar")
 
 
+# A dataset, or a list of them read one after the other (say, preference pairs of two collection rounds).
+Sources = str | Annotated[list[str], Field(min_length=1)]
+
+
 class TrainConfig(StageConfig):
     """The fields every training stage's config has; a stage adds its own and may change defaults."""
 
     model: str = Field("lab", description="lab, smollm2, a local folder, or a hub name")
     gguf_file: str | None = Field(None, description="a GGUF file inside the `model` folder to load")
-    data: str = Field("lab", description="the dataset: a file, a saved dataset folder, or a hub name")
+    data: Sources = Field(
+        "lab", description="the dataset: a file, a saved dataset folder, a hub name, or a list"
+    )
     split: str = Field("train", description="split of a hub or saved dataset")
-    eval_data: str | None = Field(
-        None, description="evaluation dataset (null: hold out eval_fraction of data)"
+    eval_data: Sources | None = Field(
+        None, description="evaluation dataset(s) (null: hold out eval_fraction of data)"
     )
     eval_fraction: float = Field(
         0.05, ge=0, lt=1, description="share of data held out when eval_data is null"
@@ -115,14 +121,23 @@ class TrainConfig(StageConfig):
         return self.max_steps or max(1, math.ceil(self.epochs * n_rows / self.rows_per_step))
 
 
+def load_sources(sources: Sources, load, cfg: TrainConfig, log) -> list:
+    """The records of one dataset, or of each dataset of a list, in order, through ``load``."""
+    records = []
+    for source in [sources] if isinstance(sources, str) else sources:
+        rows, report = load(source, split=cfg.split, on_error=cfg.on_error)
+        log(f"{source}: {report.summary()}")
+        records += rows
+    return records
+
+
 def load_splits(cfg: TrainConfig, load, log) -> tuple[list, list]:
     """Training and evaluation records through ``load`` (a ``rlhf.data`` loader): evaluation from
-    ``eval_data``, or else a seeded random ``eval_fraction`` of ``data``; training capped at ``limit``."""
-    train, report = load(cfg.data, split=cfg.split, on_error=cfg.on_error)
-    log(f"{cfg.data}: {report.summary()}")
+    ``eval_data``, or else a seeded random ``eval_fraction`` of ``data``; training capped at ``limit``.
+    ``data`` and ``eval_data`` may each be a list of datasets, concatenated in order."""
+    train = load_sources(cfg.data, load, cfg, log)
     if cfg.eval_data:
-        evals, eval_report = load(cfg.eval_data, split=cfg.split, on_error=cfg.on_error)
-        log(f"{cfg.eval_data}: {eval_report.summary()}")
+        evals = load_sources(cfg.eval_data, load, cfg, log)
     else:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.run.seed)).tolist()
         n_eval = int(len(train) * cfg.eval_fraction)
