@@ -72,6 +72,10 @@ class RMConfig(TrainConfig):
     center_coef: float = Field(0.0, ge=0, description="reward-centering coefficient (0: off)")
     ties: Literal["equal", "skip"] = Field("equal", description="tied pairs: pull rewards together, or skip")
     epochs: float = Field(2.0, gt=0, description="passes over the data when max_steps is null")
+    # Packing already removes the padding; random steps keep each step's pairs as varied as the data.
+    group_by_length: bool = Field(
+        False, description="steps of pairs of similar length (see rlhf.training.Stream)"
+    )
     padding_free: bool = Field(
         True, description="score each micro-batch packed end to end, without padding (decoders)"
     )
