@@ -304,7 +304,7 @@ def write_markdown(path: Path, results: dict) -> None:
         "- **Switched off on both sides** as far as each allows: evaluation, checkpoints, logging",
         "  integrations, progress bars, gradient checkpointing and bf16 on CPU (TRL turns both on by",
         "  default). TRL still computes its per-step metrics; ours writes one metrics line (PPO: one per step).",
-        "- **Batching**, each side at its defaults: ours takes each optimiser step's examples from",
+        "- **Batching**, each side at its defaults: ours takes each SFT step's examples from",
         "  length-sorted windows of shuffled examples (`group_by_length`) and packs reward-model",
         "  micro-batches end to end without padding (`padding_free`); TRL pads each batch to its longest",
         '  sequence, in random order (its `train_sampling_strategy="group_by_length"` is off by default;',

@@ -106,7 +106,8 @@ class TrainConfig(StageConfig):
     max_steps: int | None = Field(None, ge=1, description="optimiser steps (null: use epochs)")
     epochs: float = Field(1.0, gt=0, description="passes over the data when max_steps is null")
     group_by_length: bool = Field(
-        True, description="micro-batches of examples of similar length (less padding; see Stream)"
+        True,
+        description="steps of examples of similar length, sorted into micro-batches (less padding; see Stream)",
     )
     optim: OptimSettings = Field(default_factory=OptimSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
