@@ -66,46 +66,42 @@ def count_tokens_through(module, loader: str, counter: TokenCounter) -> None:
     setattr(module, loader, load_and_count)
 
 
-def run_sft(spec: dict, counter: TokenCounter) -> dict:
-    import rlhf.sft as sft
+def timed_stage(spec: dict, counter: TokenCounter, module, config_cls, train, loader: str, extra: list[str]):
+    """Config from the shared overrides + ``extra``, the token counter on the model ``module.<loader>``
+    returns, and ``train(cfg)`` timed; returns ``(seconds, loop_seconds)`` (see the module docstring)."""
     from rlhf.config import load_config
 
-    cfg = load_config(
-        sft.SFTConfig,
-        None,
-        [*shared_overrides(spec), "lab_eval_prompts=0", "truncation=left", "packing=false"],
-    )
-    count_tokens_through(sft, "load_causal_lm", counter)
+    cfg = load_config(config_cls, None, [*shared_overrides(spec), *extra])
+    count_tokens_through(module, loader, counter)
     with Clock(spec["device"].startswith("cuda")) as clock:
-        sft.train_sft(cfg, log=lambda *_: None)
-    rows = read_loop_rows(spec["output_dir"])
-    return {
-        "seconds": clock.seconds,
-        "work": counter.tokens,
-        "unit": "tokens",
-        "loop_seconds": rows[-1]["time"],
-    }
+        train(cfg, log=lambda *_: None)
+    return clock.seconds, read_loop_rows(spec["output_dir"])[-1]["time"]
+
+
+def run_sft(spec: dict, counter: TokenCounter) -> dict:
+    import rlhf.sft as sft
+
+    extra = ["lab_eval_prompts=0", "truncation=left", "packing=false"]
+    seconds, loop = timed_stage(spec, counter, sft, sft.SFTConfig, sft.train_sft, "load_causal_lm", extra)
+    return {"seconds": seconds, "work": counter.tokens, "unit": "tokens", "loop_seconds": loop}
 
 
 def run_rm(spec: dict, counter: TokenCounter) -> dict:
     import rlhf.reward as reward
-    from rlhf.config import load_config
 
     # reward_stats.json is written at the end over `stats_responses` responses: keep that to the minimum.
-    cfg = load_config(
-        reward.RMConfig,
-        None,
-        [*shared_overrides(spec), "eval_data=null", "stats_responses=2", "use_margin=false"],
+    extra = ["eval_data=null", "stats_responses=2", "use_margin=false"]
+    seconds, loop = timed_stage(
+        spec, counter, reward, reward.RMConfig, reward.train_rm, "load_reward_model", extra
     )
-    count_tokens_through(reward, "load_reward_model", counter)
-    with Clock(spec["device"].startswith("cuda")) as clock:
-        reward.train_rm(cfg, log=lambda *_: None)
-    rows = read_loop_rows(spec["output_dir"])
     pairs = spec["steps"] * spec["batch_size"] * spec["grad_accum"]
     return {
-        "seconds": clock.seconds, "work": pairs, "unit": "pairs", "loop_seconds": rows[-1]["time"],
+        "seconds": seconds,
+        "work": pairs,
+        "unit": "pairs",
+        "loop_seconds": loop,
         "tokens": counter.tokens,
-    }  # fmt: skip
+    }
 
 
 def run_ppo(spec: dict) -> dict:

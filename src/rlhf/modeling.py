@@ -205,9 +205,9 @@ def pack_sequences(
     seqs: Sequence[Sequence[int]], pad_id: int, width: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Padding-free layout of a batch: the sequences end to end in rows of ``width`` tokens (default:
-    the longest sequence's length; first-fit decreasing), positions restarting at 0 with each sequence, so that a decoder given these
-    ``position_ids`` and no attention mask attends within each sequence only (transformers builds the
-    block-diagonal causal mask from the position restarts). A row's unused tail holds PAD tokens with
+    the longest sequence's length; first-fit decreasing), positions restarting at 0 with each
+    sequence, so that a decoder given these ``position_ids`` and no attention mask attends within each
+    sequence only (transformers builds the block-diagonal causal mask from the position restarts). A row's unused tail holds PAD tokens with
     their own restarted positions: a sequence of its own whose outputs are never read.
 
     Returns ``input_ids`` and ``position_ids`` (N, W), and ``last`` (S,): the flat index

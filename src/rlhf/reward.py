@@ -109,6 +109,11 @@ def tokenize_pair(record: rdata.Preference, tokenizer, max_length: int) -> Pair 
     return Pair(chosen, rejected, float(record.margin or 0.0), bool(record.meta.get("tie", False)), group)
 
 
+def pair_length(pair: Pair) -> int:
+    """The longer of a pair's two sequences (what a padded micro-batch of pairs is as wide as)."""
+    return max(len(pair.chosen.input_ids), len(pair.rejected.input_ids))
+
+
 def collate_pairs(pairs: list[Pair], pad_id: int, packed: bool = False) -> dict[str, torch.Tensor]:
     """Chosen sequences then rejected ones: right-padded in one batch of 2B rows, or with ``packed``
     laid end to end without padding (``rlhf.modeling.pack_sequences``: same rewards, fewer positions)."""
@@ -273,8 +278,7 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
     log(f"{len(train)} training pairs, {len(evals)} eval pairs; {total_steps} steps of {per_step} pairs")
 
     # 4. Optimiser, schedule, data order, and the state of an interrupted run.
-    lengths = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in train]
-    optimizer, scheduler, stream, step = run.start(model, cfg, len(train), lengths)
+    optimizer, scheduler, stream, step = run.start(model, cfg, len(train), [pair_length(p) for p in train])
     pad_id = tokenizer.pad_token_id
     packed = cfg.padding_free and supports_packing(model)
     if cfg.padding_free and not packed:
@@ -286,7 +290,7 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
         # 5a. This step's pairs in micro-batches; the loss is averaged over all pairs of the step.
         rows = [train[i] for i in stream.take(per_step)]
         if cfg.group_by_length:  # micro-batches of similar length: the same step, less padding
-            rows.sort(key=lambda p: max(len(p.chosen.input_ids), len(p.rejected.input_ids)))
+            rows.sort(key=pair_length)
         for i in range(0, per_step, cfg.batch_size):
             batch = {
                 k: v.to(device)

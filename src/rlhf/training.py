@@ -537,7 +537,7 @@ class StageRun:
         trained = torch.nn.ModuleDict(model) if isinstance(model, dict) else model
         optimizer = make_optimizer(trained, cfg.optim)
         scheduler = make_scheduler(optimizer, self.total_steps, cfg.optim)
-        grouped = lengths if getattr(cfg, "group_by_length", False) else None
+        grouped = lengths if cfg.group_by_length else None
         stream, step = Stream(n_rows, self.settings.seed, lengths=grouped, group=cfg.rows_per_step), 0
         checkpoints = list_checkpoints(self.dir) if self.settings.resume else []
         if checkpoints:
