@@ -25,6 +25,7 @@ from rlhf.modeling import (
 from rlhf.reward import (
     Pair,
     RMConfig,
+    bayes_accuracy,
     calibration,
     collate_pairs,
     pair_rewards,
@@ -174,6 +175,17 @@ def test_packed_scores_and_gradients_equal_padded_ones(tok, lab_base_path):
         torch.testing.assert_close(grads[True][name], g, atol=1e-5, rtol=1e-4)
 
 
+def test_bayes_accuracy_from_the_labellers_probabilities(tok):
+    """A pair's p_chosen is P(chosen wins | a decisive label); the ceiling is the mean of max(p, 1 - p)."""
+    row = {"prompt": "What is 2 + 3?", "chosen": "5.", "rejected": "6.", "family": "arithmetic"}
+    pair = tokenize_pair(rdata.parse_row({**row, "p_chosen": 0.6, "p_rejected": 0.2, "p_tie": 0.2}), tok, 128)
+    assert pair.p_chosen == pytest.approx(0.75) and pair.group == "arithmetic"
+    assert tokenize_pair(rdata.parse_row(row), tok, 128).p_chosen is None  # no probabilities: unknown
+    # An annotator who picked the less likely response (p = 0.1) caps the accuracy there at 0.9.
+    assert bayes_accuracy(torch.tensor([0.75, 0.1])) == pytest.approx((0.75 + 0.9) / 2)
+    assert bayes_accuracy(torch.tensor([0.5, 0.5])) == pytest.approx(0.5)
+
+
 def test_explicit_and_implicit_prompt_tokenise_the_same(tok):
     prompt = [{"role": "user", "content": "What is 2 + 3?"}]
     explicit = rdata.parse_row(
@@ -275,6 +287,10 @@ def test_lab_reward_model_learns_the_preferences(tmp_path, lab_prefs, lab_base_p
     evals = [row for row in read_metrics(cfg.run.output_dir) if row["split"] == "eval"]
     assert evals[-1]["accuracy"] > 0.6  # chance is 0.5
     assert {f"accuracy/{f}" for f in ("arithmetic", "harmful", "format")} <= set(evals[-1])
+    # The ceiling beside it, per family too: the same number `rlhf collect` wrote for these pairs.
+    summary = json.loads((lab_prefs / "summary.json").read_text())["eval"]
+    assert evals[-1]["bayes_accuracy"] == pytest.approx(summary["bayes_accuracy"], abs=1e-6)
+    assert 0.5 <= evals[-1]["bayes_accuracy/arithmetic"] <= 1.0
     stats = json.loads((final / "reward_stats.json").read_text())
     assert stats["std"] > 0 and stats["n"] > 500
     assert (Path(cfg.run.output_dir) / "calibration.json").exists()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -93,6 +93,9 @@ class Pair:
     margin: float
     tie: bool
     group: str | None = None  # the row's ``family`` column, if any: accuracy is also reported per group
+    # The labeller's probability that ``chosen`` wins, given a decisive label: p_chosen / (p_chosen +
+    # p_rejected) from the row's columns (``rlhf collect`` writes them); None when the row lacks them.
+    p_chosen: float | None = None
 
 
 def tokenize_pair(record: rdata.Preference, tokenizer, max_length: int) -> Pair | None:
@@ -105,8 +108,23 @@ def tokenize_pair(record: rdata.Preference, tokenizer, max_length: int) -> Pair 
     )
     if chosen is None or rejected is None:
         return None
-    group = record.meta.get("family")
-    return Pair(chosen, rejected, float(record.margin or 0.0), bool(record.meta.get("tie", False)), group)
+    meta = record.meta
+    p_c, p_r = meta.get("p_chosen"), meta.get("p_rejected")
+    known = isinstance(p_c, (int, float)) and isinstance(p_r, (int, float)) and p_c + p_r > 0
+    return Pair(
+        chosen,
+        rejected,
+        float(record.margin or 0.0),
+        bool(meta.get("tie", False)),
+        meta.get("family"),
+        p_c / (p_c + p_r) if known else None,
+    )
+
+
+def bayes_accuracy(p_chosen: torch.Tensor) -> float:
+    """The best accuracy any reward model can expect on decisive labels drawn with these probabilities
+    of ``chosen`` winning: the mean of ``max(p, 1 - p)`` (always predict the likelier label)."""
+    return torch.maximum(p_chosen, 1 - p_chosen).mean().item()
 
 
 def pair_length(pair: Pair) -> int:
@@ -175,7 +193,9 @@ def evaluate_pairs(
     model, pairs: list[Pair], pad_id: int, batch_size: int, device, bf16
 ) -> tuple[dict[str, float], list[dict]]:
     """Accuracy (overall and ``accuracy/<group>`` per group), mean margin, calibration and reward-length
-    correlation over ``pairs`` (ties left out of accuracy and calibration)."""
+    correlation over ``pairs`` (ties left out of accuracy and calibration). Where every pair knows its
+    labeller's probabilities (``Pair.p_chosen``), also the Bayes-optimal accuracy on the same labels,
+    ``bayes_accuracy`` and ``bayes_accuracy/<group>``: the ceiling to read the accuracy against."""
     model.eval()
     r_c, r_r = [], []
     for i in range(0, len(pairs), batch_size):
@@ -202,10 +222,17 @@ def evaluate_pairs(
         "reward_length_corr": pearson(torch.cat([r_c, r_r]), lengths),
         "reward_mean": torch.cat([r_c, r_r]).mean().item(),
     }
-    groups = [p.group for p in pairs if not p.tie]
+    kept = [p for p in pairs if not p.tie]
+    bayes = None
+    if kept and all(p.p_chosen is not None for p in kept):
+        bayes = torch.tensor([p.p_chosen for p in kept], dtype=torch.float64)
+        metrics["bayes_accuracy"] = bayes_accuracy(bayes)
+    groups = [p.group for p in kept]
     for group in sorted({g for g in groups if g is not None}):
         member = torch.tensor([g == group for g in groups])
         metrics[f"accuracy/{group}"] = (diff[member] > 0).float().mean().item()
+        if bayes is not None:
+            metrics[f"bayes_accuracy/{group}"] = bayes_accuracy(bayes[member])
     return metrics, table
 
 
@@ -242,7 +269,7 @@ def load_pairs(cfg: RMConfig, tokenizer, log) -> tuple[list[Pair], list[Pair]]:
         pairs = [tokenize_pair(r, tokenizer, cfg.max_length) for r in records]
         kept = [p for p in pairs if p is not None and not (p.tie and cfg.ties == "skip" and what == "train")]
         if not cfg.use_margin:
-            kept = [Pair(p.chosen, p.rejected, 0.0, p.tie, p.group) for p in kept]
+            kept = [replace(p, margin=0.0) for p in kept]
         if len(kept) < len(pairs):
             log(
                 f"{what}: skipped {len(pairs) - len(kept)} pairs (a response longer than max_length={cfg.max_length}, or a tie)"
@@ -323,6 +350,8 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
         if evals and run.due(step, cfg.run.eval_every):
             values, table = evaluate_pairs(model, evals, pad_id, cfg.batch_size, device, cfg.run.bf16)
             run.metrics.log(step, "eval", **values)
+            bayes = f" (Bayes-optimal {values['bayes_accuracy']:.3f})" if "bayes_accuracy" in values else ""
+            log(f"step {step}: eval accuracy {values['accuracy']:.3f}{bayes}, ece {values['ece']:.3f}")
             (run.dir / "calibration.json").write_text(json.dumps({"step": step, "bins": table}, indent=2))
         run.checkpoint(step, model, tokenizer, optimizer, scheduler, stream)
         if run.interrupted(step):
