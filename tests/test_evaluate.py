@@ -266,6 +266,8 @@ def test_tiny_run_end_to_end_with_an_interruption(tmp_path, lab_base_path):
     assert set(result["results"]) == {"sft", "ppo"}
     for key in ("win_rate_gold", "kl_to_reference", "sycophancy_rate", "over_refusal_rate", "length_bias"):
         assert key in result["results"]["ppo"], key
+    ppo = result["results"]["ppo"]
+    assert ppo["win_rate_gold_low"] <= ppo["win_rate_gold"] <= ppo["win_rate_gold_high"]
     assert [r["n"] for r in result["best_of_n"]] == [1, 2, 4] and len(result["ppo_trace"]) == 4
     timings = json.loads((d / "timings.json").read_text())
     assert {"sft", "collect", "rm", "ppo", "eval", "report"} <= set(timings)

@@ -32,6 +32,7 @@ from rlhf.reward import (
     pearson,
     tokenize_pair,
     train_rm,
+    wilson_interval,
 )
 from rlhf.sft import Example
 from rlhf.training import load_splits, read_metrics
@@ -186,6 +187,26 @@ def test_bayes_accuracy_from_the_labellers_probabilities(tok):
     assert bayes_accuracy(torch.tensor([0.5, 0.5])) == pytest.approx(0.5)
 
 
+def test_wilson_interval_against_hand_worked_values():
+    # 50 of 100: centre (0.5 + 1.96^2/200) / (1 + 1.96^2/100) = 0.5; half-width
+    # 1.96 / 1.038416 * sqrt(0.25/100 + 3.8416/40000) = 0.096171.
+    low, high = wilson_interval(0.5, 100)
+    assert (low, high) == (pytest.approx(0.403829, abs=1e-6), pytest.approx(0.596171, abs=1e-6))
+    # 0 of 10: the interval stays in [0, 1] (a normal one would be [0, 0]); its top is twice the centre,
+    # 2 * (3.8416 / 20) / 1.38416 = 0.277540.
+    assert wilson_interval(0.0, 10) == (0.0, pytest.approx(0.277540, abs=1e-6))
+    # Symmetric under relabelling, and narrower with more trials.
+    assert wilson_interval(0.8, 50) == pytest.approx(tuple(1 - x for x in reversed(wilson_interval(0.2, 50))))
+    assert (
+        wilson_interval(0.6, 1000)[1] - wilson_interval(0.6, 1000)[0]
+        < wilson_interval(0.6, 100)[1] - wilson_interval(0.6, 100)[0]
+    )
+    with pytest.raises(ValueError, match="n >= 1"):
+        wilson_interval(0.5, 0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        wilson_interval(1.5, 10)
+
+
 def test_explicit_and_implicit_prompt_tokenise_the_same(tok):
     prompt = [{"role": "user", "content": "What is 2 + 3?"}]
     explicit = rdata.parse_row(
@@ -286,6 +307,7 @@ def test_lab_reward_model_learns_the_preferences(tmp_path, lab_prefs, lab_base_p
     final = train_rm(cfg, log=lambda *_: None)
     evals = [row for row in read_metrics(cfg.run.output_dir) if row["split"] == "eval"]
     assert evals[-1]["accuracy"] > 0.6  # chance is 0.5
+    assert evals[-1]["accuracy_low"] < evals[-1]["accuracy"] < evals[-1]["accuracy_high"]
     assert {f"accuracy/{f}" for f in ("arithmetic", "harmful", "format")} <= set(evals[-1])
     # The ceiling beside it, per family too: the same number `rlhf collect` wrote for these pairs.
     summary = json.loads((lab_prefs / "summary.json").read_text())["eval"]

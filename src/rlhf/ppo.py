@@ -704,13 +704,18 @@ def lab_eval_stats(records, plain, responses: list[str], reference: list[str]) -
     """Gold utility of the responses, by family, their win rate against the reference's (ties half)."""
     from rlhf.evaluate import win_rate
     from rlhf.lab.judge import n_words
+    from rlhf.reward import wilson_interval
 
     meta = [r.meta for r in records]
     gold, ref = lab_gold(plain, responses, meta), lab_gold(plain, reference, meta)
+    wins = win_rate(gold, ref)
+    wins_low, wins_high = wilson_interval(wins, len(gold))
     stats = {
         "gold": sum(gold) / len(gold),
         "gold_reference": sum(ref) / len(ref),
-        "win_rate": win_rate(gold, ref),
+        "win_rate": wins,
+        "win_rate_low": wins_low,  # 95% Wilson interval over the held-out prompts
+        "win_rate_high": wins_high,
         "response_words": sum(n_words(x) for x in responses) / len(responses),
     }
     by_family: dict[str, list[float]] = defaultdict(list)
@@ -788,7 +793,8 @@ def train_ppo(cfg: PPOConfig, stop_after: int | None = None, log=print) -> Path:
             (run.dir / "eval_samples.json").write_text(json.dumps({"step": step, "samples": rows}, indent=1))
         if lab:
             log(f"step {step}: gold {values['gold']:+.3f} (reference {values['gold_reference']:+.3f}), "
-                f"win rate {values['win_rate']:.3f}, {values['response_words']:.1f} words")  # fmt: skip
+                f"win rate {values['win_rate']:.3f} (95% {values['win_rate_low']:.3f}-{values['win_rate_high']:.3f}), "
+                f"{values['response_words']:.1f} words")  # fmt: skip
 
     if eval_records and step == 0:
         evaluate(0)

@@ -23,6 +23,7 @@ over the training responses (for lab data: samples of the SFT policy) are stored
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -182,6 +183,21 @@ def calibration(p_pred: torch.Tensor, outcome: torch.Tensor, bins: int = 10) -> 
     return ece, table
 
 
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a rate observed over ``n`` independent trials (95% for z = 1.96):
+    the uncertainty to read an accuracy or a win rate with, since a few hundred pairs or prompts leave
+    several points of it. For a win rate with ties counted half, outcomes lie in {0, 1/2, 1}; no variable
+    on [0, 1] has more variance than a 0/1 one of the same mean, so there the interval errs wide."""
+    if n <= 0:
+        raise ValueError(f"wilson_interval needs n >= 1 trials (got {n})")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"wilson_interval needs a rate in [0, 1] (got {rate})")
+    z2 = z * z
+    centre = (rate + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
     denom = (x.norm() * y.norm()).item()
@@ -215,8 +231,12 @@ def evaluate_pairs(
     lengths = torch.tensor(
         [sum(p.chosen.loss_mask) for p in pairs] + [sum(p.rejected.loss_mask) for p in pairs]
     )
+    accuracy = (diff > 0).float().mean().item()
+    accuracy_low, accuracy_high = wilson_interval(accuracy, len(diff)) if len(diff) else (math.nan, math.nan)
     metrics = {
-        "accuracy": (diff > 0).float().mean().item(),
+        "accuracy": accuracy,
+        "accuracy_low": accuracy_low,  # 95% Wilson interval over the decisive pairs
+        "accuracy_high": accuracy_high,
         "margin": diff.mean().item(),
         "ece": ece,
         "reward_length_corr": pearson(torch.cat([r_c, r_r]), lengths),
@@ -350,8 +370,9 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
         if evals and run.due(step, cfg.run.eval_every):
             values, table = evaluate_pairs(model, evals, pad_id, cfg.batch_size, device, cfg.run.bf16)
             run.metrics.log(step, "eval", **values)
-            bayes = f" (Bayes-optimal {values['bayes_accuracy']:.3f})" if "bayes_accuracy" in values else ""
-            log(f"step {step}: eval accuracy {values['accuracy']:.3f}{bayes}, ece {values['ece']:.3f}")
+            bayes = f"; Bayes-optimal {values['bayes_accuracy']:.3f}" if "bayes_accuracy" in values else ""
+            log(f"step {step}: eval accuracy {values['accuracy']:.3f} "
+                f"(95% {values['accuracy_low']:.3f}-{values['accuracy_high']:.3f}{bayes}), ece {values['ece']:.3f}")  # fmt: skip
             (run.dir / "calibration.json").write_text(json.dumps({"step": step, "bins": table}, indent=2))
         run.checkpoint(step, model, tokenizer, optimizer, scheduler, stream)
         if run.interrupted(step):

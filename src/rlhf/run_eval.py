@@ -21,6 +21,7 @@ import torch
 
 from rlhf import evaluate as ev
 from rlhf.modeling import load_tokenizer
+from rlhf.reward import wilson_interval
 
 
 def _load(path: str):
@@ -121,6 +122,9 @@ def evaluate_policies(
             continue
         if lab:
             res["win_rate_gold"] = ev.win_rate(gold[name], gold[baseline])
+            res["win_rate_gold_low"], res["win_rate_gold_high"] = wilson_interval(
+                res["win_rate_gold"], len(gold[name])
+            )
         if scorer is not None:
             res["win_rate_reward"] = ev.win_rate(rewards[name], rewards[baseline])
             res["length_bias"] = ev.length_bias(
