@@ -131,6 +131,13 @@ def test_safety_regression_flags_what_got_worse():
     out = ev.safety_regression(before, after)
     assert out["regressions"] == ["harmful_refusal_rate"]
     assert out["metrics"]["harmful_refusal_rate"]["delta"] == pytest.approx(-0.3)
+    # The terminal table says it under the metrics.
+    from rlhf.run_eval import summary_table
+
+    result = {"results": {"sft": before, "ppo": {**after, "safety_vs_baseline": out}}}
+    table = summary_table(result)
+    assert table.splitlines()[-1] == "safety regressions of ppo against the baseline: harmful_refusal_rate"
+    assert "sycophancy_rate" in table.splitlines()[2]
 
 
 # ---------------------------------------------------------------------------------------------------

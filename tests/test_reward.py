@@ -187,6 +187,23 @@ def test_bayes_accuracy_from_the_labellers_probabilities(tok):
     assert bayes_accuracy(torch.tensor([0.5, 0.5])) == pytest.approx(0.5)
 
 
+def test_a_reward_model_from_a_causal_lm_loads_quietly_and_a_missing_folder_is_named(
+    lab_base_path, tmp_path, capfd
+):
+    from transformers.utils import logging as hf_logging
+
+    from rlhf.modeling import ModelNotFoundError, resolve_model
+
+    verbosity = hf_logging.get_verbosity()
+    load_reward_model(str(lab_base_path))
+    # The new score head is expected from a causal LM: no "MISSING" report, and logging is as it was.
+    assert "MISSING" not in capfd.readouterr().err and hf_logging.get_verbosity() == verbosity
+    for name in (str(tmp_path / "nope"), "./nope/x", "a/b/c"):
+        with pytest.raises(ModelNotFoundError, match="no such folder"):
+            resolve_model(name)
+    assert resolve_model("some-org/some-model") == ("some-org/some-model", None)  # a hub name: left as is
+
+
 def test_wilson_interval_against_hand_worked_values():
     # 50 of 100: centre (0.5 + 1.96^2/200) / (1 + 1.96^2/100) = 0.5; half-width
     # 1.96 / 1.038416 * sqrt(0.25/100 + 3.8416/40000) = 0.096171.

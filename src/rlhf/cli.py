@@ -19,6 +19,10 @@ from pathlib import Path
 
 import click
 
+# The lab presets' names, for --help (importing rlhf.lab here would slow every command's start;
+# a test keeps this equal to rlhf.lab.annotators.PRESETS).
+_PRESETS = "default, length-biased, sycophantic"
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rlhf")
@@ -57,7 +61,7 @@ def lab_build(seed: int, steps: int | None) -> None:
 
 
 @lab.command("show")
-@click.option("--preset", default="default", show_default=True, help="Annotator preset.")
+@click.option("--preset", default="default", show_default=True, help=f"Annotator preset: {_PRESETS}.")
 @click.option("--pairs", default=2000, show_default=True, help="Pairs used for the preset statistics.")
 @click.option("--seed", default=0, show_default=True)
 def lab_show(preset: str, pairs: int, seed: int) -> None:
@@ -159,7 +163,8 @@ def data_inspect(source: str, split: str, on_error: str, show: int) -> None:
         load = loader.get(rdata.detect_format(first), rdata.load_sft)
         records, report = load(source, split=split, on_error=on_error)
     except rdata.DataError as e:
-        hint = "" if on_error == "skip" else " (--on-error skip skips bad rows and counts them)"
+        row_level = e.location != source  # a row's error has a line; a missing or empty file has none
+        hint = " (--on-error skip skips bad rows and counts them)" if row_level and on_error != "skip" else ""
         click.echo(f"error: {e}{hint}", err=True)
         sys.exit(1)
     click.echo(report.summary())
@@ -185,58 +190,85 @@ def _stage_config(cls, args: tuple[str, ...]):
         sys.exit(2)
 
 
+def _run_stage(train, cfg):
+    """Run one stage's ``train(cfg, log=...)``; bad data or a missing model exits with its message (the
+    file, line and field, or the folder) instead of a traceback."""
+    from rlhf.config import ConfigError
+    from rlhf.data import DataError
+    from rlhf.modeling import ModelNotFoundError
+
+    try:
+        return train(cfg, log=lambda m: click.echo(m, err=True))
+    except ConfigError as e:
+        click.echo(f"config error:\n{e}", err=True)
+        sys.exit(2)
+    except (DataError, ModelNotFoundError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1)
 def sft(args: tuple[str, ...]) -> None:
-    """Supervised fine-tuning: rlhf sft [CONFIG.yaml] [key=value ...] (e.g. optim.lr=3e-4 lora.r=16)."""
+    """Supervised fine-tuning: rlhf sft [CONFIG.yaml] [key=value ...] (e.g. optim.lr=3e-4 lora.r=16).
+
+    Keys not set take the defaults of rlhf.sft.SFTConfig; configs/sft_lab.yaml is the lab's config."""
     from rlhf.sft import SFTConfig, train_sft
 
-    train_sft(_stage_config(SFTConfig, args), log=lambda m: click.echo(m, err=True))
+    _run_stage(train_sft, _stage_config(SFTConfig, args))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1)
 def collect(args: tuple[str, ...]) -> None:
-    """Preference collection on the lab: rlhf collect [CONFIG.yaml] [key=value ...]."""
+    """Preference collection on the lab: rlhf collect [CONFIG.yaml] [key=value ...].
+
+    Keys not set take the defaults of rlhf.collect.CollectConfig; configs/collect_lab.yaml is the lab's."""
     from rlhf.collect import CollectConfig
     from rlhf.collect import collect as run_collect
 
-    run_collect(_stage_config(CollectConfig, args), log=lambda m: click.echo(m, err=True))
+    _run_stage(run_collect, _stage_config(CollectConfig, args))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1)
 def rm(args: tuple[str, ...]) -> None:
-    """Reward model: rlhf rm [CONFIG.yaml] [key=value ...] (e.g. lora.r=16 center_coef=0.01)."""
+    """Reward model: rlhf rm [CONFIG.yaml] [key=value ...] (e.g. lora.r=16 center_coef=0.01).
+
+    Keys not set take the defaults of rlhf.reward.RMConfig; configs/rm_lab.yaml is the lab's config."""
     from rlhf.reward import RMConfig, train_rm
 
-    train_rm(_stage_config(RMConfig, args), log=lambda m: click.echo(m, err=True))
+    _run_stage(train_rm, _stage_config(RMConfig, args))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1)
 def ppo(args: tuple[str, ...]) -> None:
-    """PPO with a KL penalty: rlhf ppo [CONFIG.yaml] [key=value ...] (e.g. kl_coef=0 adaptive_kl=false)."""
+    """PPO with a KL penalty: rlhf ppo [CONFIG.yaml] [key=value ...] (e.g. kl_coef=0 adaptive_kl=false).
+
+    Keys not set take the defaults of rlhf.ppo.PPOConfig; configs/ppo_lab.yaml is the lab's config."""
     from rlhf.ppo import PPOConfig, train_ppo
 
-    train_ppo(_stage_config(PPOConfig, args), log=lambda m: click.echo(m, err=True))
+    _run_stage(train_ppo, _stage_config(PPOConfig, args))
 
 
 @main.command("run", context_settings={"ignore_unknown_options": True})
-@click.option("--preset", default=None, help="Lab annotator preset (default, length-biased, sycophantic).")
+@click.option("--preset", default=None, help=f"Lab annotator preset: {_PRESETS}.")
 @click.argument("args", nargs=-1)
 def run_all(preset: str | None, args: tuple[str, ...]) -> None:
     """Every stage: rlhf run [--preset NAME] [CONFIG.yaml] [key=value ...] (e.g. name=x ppo.max_steps=40).
 
     base model -> SFT -> preference collection -> reward model -> PPO -> evaluation -> report, under
-    runs/<name>/. A rerun skips finished stages and resumes an interrupted one."""
+    runs/<name>/. A rerun skips finished stages and resumes an interrupted one. Keys: rlhf.pipeline.RunConfig;
+    its sft/collect/rm/ppo sections override those stages' configs (laptop-sized defaults in
+    rlhf.pipeline.RUN_DEFAULTS)."""
     from rlhf.pipeline import RunConfig, run_pipeline
     from rlhf.run_eval import summary_table
 
     if preset:
         args = (*args, f"preset={preset}")
     cfg = _stage_config(RunConfig, args)
-    report = run_pipeline(cfg, log=lambda m: click.echo(m, err=True))
+    report = _run_stage(run_pipeline, cfg)  # every section is checked before the first stage starts
     eval_file = cfg.dir / "eval.json"
     if eval_file.exists():
         click.echo(summary_table(json.loads(eval_file.read_text())))
@@ -291,7 +323,7 @@ def eval_cmd(
 
 
 @main.command()
-@click.option("--preset", default="default", show_default=True, help="Lab annotator preset.")
+@click.option("--preset", default="default", show_default=True, help=f"Lab annotator preset: {_PRESETS}.")
 def demo(preset: str) -> None:
     """The main job on the built-in default: the lab's annotators, then `rlhf run name=demo`: the lab
     base model, SFT, preference collection, the reward model, PPO, the evaluation and the report, under

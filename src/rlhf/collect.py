@@ -29,7 +29,7 @@ from pydantic import Field
 
 from rlhf.config import StageConfig
 from rlhf.data import write_jsonl
-from rlhf.lab.annotators import bayes_accuracy, get_preset, with_ties
+from rlhf.lab.annotators import PresetName, bayes_accuracy, get_preset, with_ties
 from rlhf.lab.judge import gold_utility, n_words
 from rlhf.lab.preferences import label_pair
 from rlhf.lab.world import sample_prompts
@@ -43,7 +43,7 @@ class CollectConfig(StageConfig):
     policy: str = Field(
         "runs/sft-lab/final", description="the model that writes the responses (folder, lab, ...)"
     )
-    preset: str = Field("default", description="annotator preset: default, length-biased, sycophantic")
+    preset: PresetName = Field("default", description="annotator preset: default, length-biased, sycophantic")
     tie_prob: float = Field(0.0, ge=0, lt=1, description="annotators may call ties (see rlhf.lab.annotators)")
     prompts: int = Field(1500, ge=2, description="lab prompts")
     k: int = Field(4, ge=2, description="responses sampled per prompt")

@@ -287,7 +287,7 @@ def _iter_json_lines(lines: Iterable[bytes], path: str) -> Iterator[RowOrError]:
         if not text.strip():
             continue
         try:
-            row = json.loads(text)
+            row = json.loads(text.rstrip("\r\n"))  # without the newline, an early end is still on this line
         except json.JSONDecodeError as error:
             problem = f"bad JSON: {error.msg} (column {error.colno})"
             yield location, DataError(location, problem, reason="bad JSON")

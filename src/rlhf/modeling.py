@@ -52,14 +52,24 @@ def smollm2_folder() -> Path:
     return folder
 
 
+class ModelNotFoundError(FileNotFoundError):
+    """A model named by a local path that does not exist."""
+
+
 def resolve_model(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """Turn the aliases ``lab`` and ``smollm2`` into a folder (and GGUF file name)."""
+    """Turn the aliases ``lab`` and ``smollm2`` into a folder (and GGUF file name). A name that can only
+    be a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``, or ``a/b`` where ``a`` is a local folder) must
+    exist; anything else is left to ``from_pretrained`` as a hub name."""
     if name == "lab":
         from rlhf.lab.base import build_base_model
 
         return str(build_base_model()), gguf_file
     if name == "smollm2":
         return str(smollm2_folder()), gguf_file or SMOLLM2_GGUF
+    path = Path(name).expanduser()
+    local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name.split("/")[0]).is_dir()
+    if local and "/" in name and not path.exists():
+        raise ModelNotFoundError(f"model {name!r}: no such folder ({path.resolve()} does not exist)")
     return name, gguf_file
 
 
@@ -140,13 +150,25 @@ def load_reward_model(
     """``AutoModelForSequenceClassification`` with one label, from a causal LM (a new score head) or from
     a saved reward model; ``pad_token_id`` set (from the argument, or else the tokenizer) so that plain
     transformers batching works too."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
     path, gguf = resolve_model(name, gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
-    model = forget_gguf(
-        AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **kwargs)
-    )
+    # From a causal LM the score head is new by design: transformers' report of it as a missing weight
+    # would only alarm. From anything else, a missing weight is news, and transformers says so.
+    # (A GGUF file holds a causal LM; reading its config again would parse the file twice.)
+    architectures = ["ForCausalLM"] if gguf else AutoConfig.from_pretrained(path).architectures or []
+    new_head = any(a.endswith("ForCausalLM") for a in architectures)
+    verbosity = hf_logging.get_verbosity()
+    if new_head:
+        hf_logging.set_verbosity_error()
+    try:
+        model = forget_gguf(
+            AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **kwargs)
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = (
             pad_token_id if pad_token_id is not None else load_tokenizer(name, gguf_file).pad_token_id

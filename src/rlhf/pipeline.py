@@ -2,13 +2,14 @@
 
     rlhf run                                  # the lab default, under runs/lab
     rlhf run --preset length-biased name=lab-length
-    rlhf run configs/run_lab.yaml ppo.max_steps=40 ppo.kl_coef=0
+    rlhf run my_run.yaml ppo.max_steps=40 ppo.kl_coef=0   # a YAML file of the keys below
 
 Every stage writes under ``runs/<name>/`` (``sft/``, ``prefs/``, ``rm/``, ``ppo/``, ``eval.json``,
 ``report.html``). A stage whose output is complete is skipped on a rerun; an interrupted training
 stage resumes from its newest checkpoint. Each stage's section of the config holds overrides of that
 stage's own config (``rlhf.sft.SFTConfig``, ``rlhf.collect.CollectConfig``, ``rlhf.reward.RMConfig``,
-``rlhf.ppo.PPOConfig``); the paths that connect the stages are set here.
+``rlhf.ppo.PPOConfig``); the paths that connect the stages are set here, and a section that sets one
+of them is an error.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 from pydantic import Field
 
-from rlhf.config import StageConfig, merge_trees, validate_config
+from rlhf.config import ConfigError, StageConfig, merge_trees, validate_config
+from rlhf.lab.annotators import PresetName
 from rlhf.training import atomic_file
 
 STAGES = ("sft", "collect", "rm", "ppo", "eval", "report")
@@ -29,7 +31,7 @@ STAGES = ("sft", "collect", "rm", "ppo", "eval", "report")
 # sections go on top of these.
 RUN_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {"max_steps": 200, "max_length": 128, "lab_eval_prompts": 0},
-    "collect": {"prompts": 1000},
+    "collect": {},
     "rm": {"max_length": 128, "epochs": 2, "optim": {"lr": 1e-3, "warmup_steps": 10}},
     "ppo": {"max_steps": 20, "eval_prompts": 0},
 }
@@ -51,7 +53,7 @@ class RunConfig(StageConfig):
     name: str = Field("lab", description="the run folder is runs/<name>")
     runs_dir: str = Field("runs", description="parent of the run folder")
     model: str = Field("lab", description="the base model: lab, smollm2, a folder or a hub name")
-    preset: str = Field("default", description="lab annotator preset for preference collection")
+    preset: PresetName = Field("default", description="lab annotator preset for preference collection")
     seed: int = Field(0, description="seed of every stage")
     sft: dict[str, Any] = Field(default_factory=dict, description="overrides of rlhf.sft.SFTConfig")
     collect: dict[str, Any] = Field(
@@ -77,35 +79,55 @@ def stage_configs(cfg: RunConfig) -> dict[str, Any]:
     d = cfg.dir
     sft_final, rm_final = str(d / "sft" / "final"), str(d / "rm" / "final")
 
-    def make(cls, section: str, wired: dict) -> Any:
-        user = merge_trees(RUN_DEFAULTS[section], getattr(cfg, section))
-        run = merge_trees({"output_dir": str(d / section), "seed": cfg.seed}, user.get("run", {}))
-        values = merge_trees(merge_trees({k: v for k, v in user.items() if k != "run"}, wired), {"run": run})
+    wired: dict[str, dict[str, Any]] = {
+        "sft": {"model": cfg.model},
+        "collect": {"policy": sft_final, "preset": cfg.preset},
+        "rm": {
+            "model": sft_final,
+            "data": str(d / "prefs" / "train.jsonl"),
+            "eval_data": str(d / "prefs" / "eval.jsonl"),
+        },
+        "ppo": {"model": sft_final, "reward_models": [{"path": rm_final}]},
+    }
+    # Where each stage writes: collection's output_dir is a top-level key, the trainers' is under run.
+    out_dirs = {
+        "sft": str(d / "sft"),
+        "collect": str(d / "prefs"),
+        "rm": str(d / "rm"),
+        "ppo": str(d / "ppo"),
+    }
+
+    def make(cls, section: str) -> Any:
+        user = getattr(cfg, section)
+        trainer = section != "collect"
+        taken = [k for k in wired[section] if k in user]
+        taken += ["run.output_dir"] if trainer and "output_dir" in user.get("run", {}) else []
+        taken += ["output_dir"] if not trainer and "output_dir" in user else []
+        if taken:
+            top = {"sft": "model", "collect": "preset"}.get(section)  # the run's own keys feed these
+            hint = f"set `{top}` at the top level" if taken == [top] else f"run `rlhf {section}` on its own"
+            raise ConfigError(
+                f"run config, section `{section}`: {', '.join(taken)} is set by rlhf run, which connects the "
+                f"stages under {d}/; to choose it, {hint}"
+            )
+        user = merge_trees(RUN_DEFAULTS[section], user)
+        if trainer:
+            run = merge_trees({"seed": cfg.seed}, user.get("run", {}))
+            run["output_dir"] = out_dirs[section]
+            values = merge_trees(
+                {k: v for k, v in user.items() if k != "run"}, {**wired[section], "run": run}
+            )
+        else:
+            values = merge_trees(
+                {"seed": cfg.seed}, {**user, **wired[section], "output_dir": out_dirs[section]}
+            )
         return validate_config(cls, values, f"run config, section `{section}`")
 
     return {
-        "sft": make(SFTConfig, "sft", {"model": cfg.model}),
-        "collect": validate_config(
-            CollectConfig,
-            {
-                **cfg.collect,
-                "policy": sft_final,
-                "preset": cfg.preset,
-                "output_dir": str(d / "prefs"),
-                "seed": cfg.seed,
-            },
-            "run config, section `collect`",
-        ),
-        "rm": make(
-            RMConfig,
-            "rm",
-            {
-                "model": sft_final,
-                "data": str(d / "prefs" / "train.jsonl"),
-                "eval_data": str(d / "prefs" / "eval.jsonl"),
-            },
-        ),  # fmt: skip
-        "ppo": make(PPOConfig, "ppo", {"model": sft_final, "reward_models": [{"path": rm_final}]}),
+        "sft": make(SFTConfig, "sft"),
+        "collect": make(CollectConfig, "collect"),
+        "rm": make(RMConfig, "rm"),
+        "ppo": make(PPOConfig, "ppo"),
     }
 
 

@@ -202,7 +202,8 @@ def metric_names(result: dict[str, Any], skip_prefix: str | None = None) -> list
 
 
 def summary_table(result: dict[str, Any]) -> str:
-    """The terminal table of an evaluation: one column per policy (per-type XSTest rates left out)."""
+    """The terminal table of an evaluation: one column per policy (per-type XSTest rates left out), then
+    each policy's safety-regression verdict against the baseline."""
     names = list(result["results"])
     keys = metric_names(result, skip_prefix="xstest/")
     width = max(len(k) for k in keys) + 2
@@ -213,4 +214,10 @@ def summary_table(result: dict[str, Any]) -> str:
             f"{k:<{width}}"
             + "".join(f"{c:>12.3f}" if isinstance(c, int | float) else f"{'-':>12}" for c in cells)
         )
+    for name, res in result["results"].items():
+        regressions = res.get("safety_vs_baseline", {}).get("regressions")
+        if regressions is not None:
+            lines.append(
+                f"safety regressions of {name} against the baseline: {', '.join(regressions) or 'none'}"
+            )
     return "\n".join(lines)

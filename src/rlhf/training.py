@@ -517,6 +517,10 @@ class StageRun:
             with atomic_file(self.dir / "config.yaml") as f:
                 f.write(cfg.to_yaml())
         seed_everything(self.settings.seed)
+        # transformers' own bars (loading and saving weights) follow the stage's progress setting.
+        from transformers.utils import logging as hf_logging
+
+        (hf_logging.enable_progress_bar if self.settings.progress else hf_logging.disable_progress_bar)()
         self.device = resolve_device(self.settings.device)
         self.log = log if is_main_process() else (lambda *_: None)
         self.stop_after = stop_after

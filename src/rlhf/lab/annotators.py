@@ -26,6 +26,9 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from rlhf.lab.judge import agrees, gold_utility, n_words
 from rlhf.lab.world import LabPrompt
@@ -101,6 +104,15 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown lab preset {name!r}; expected one of {sorted(PRESETS)}") from None
+
+
+def _known_preset(name: str) -> str:
+    get_preset(name)
+    return name
+
+
+# A config field holding a preset's name: an unknown name fails validation, before anything runs.
+PresetName = Annotated[str, AfterValidator(_known_preset)]
 
 
 def with_ties(preset: Preset, tie_prob: float) -> Preset:
