@@ -28,6 +28,7 @@ from rlhf.reward import (
     bayes_accuracy,
     calibration,
     collate_pairs,
+    evaluate_pairs,
     pair_rewards,
     pearson,
     tokenize_pair,
@@ -204,6 +205,53 @@ def test_a_reward_model_from_a_causal_lm_loads_quietly_and_a_missing_folder_is_n
     assert resolve_model("some-org/some-model") == ("some-org/some-model", None)  # a hub name: left as is
 
 
+def test_gold_accuracy_follows_the_judge_not_the_labels(tok, fresh_rm):
+    """gold_accuracy orders pairs by the reference judge: swapping chosen and rejected (and their gold
+    utilities) turns the label accuracy into its complement but leaves it unchanged."""
+    answers = [
+        ("5.", "6."),
+        ("The answer is 5.", "I can't help with that."),
+        ("5", "five"),
+        ("2 + 3 = 5.", "7."),
+    ]
+    rows = [
+        {
+            "prompt": "What is 2 + 3?",
+            "chosen": a,
+            "rejected": b,
+            "family": fam,
+            "gold_chosen": 1.0,
+            "gold_rejected": g,
+        }
+        for (a, b), fam, g in zip(
+            answers, ["arithmetic", "arithmetic", "format", "format"], [-1.0, -0.5, 0.2, 1.0]
+        )
+    ]
+    swapped = [
+        {
+            **r,
+            "chosen": r["rejected"],
+            "rejected": r["chosen"],
+            "gold_chosen": r["gold_rejected"],
+            "gold_rejected": 1.0,
+        }
+        for r in rows
+    ]
+    pairs, flipped = ([tokenize_pair(rdata.parse_row(r), tok, 128) for r in rs] for rs in (rows, swapped))
+    assert [p.gold_gap for p in pairs] == [2.0, 1.5, 0.8, 0.0]
+    m, _ = evaluate_pairs(fresh_rm, pairs, tok.pad_token_id, 4, torch.device("cpu"), False)
+    f, _ = evaluate_pairs(fresh_rm, flipped, tok.pad_token_id, 4, torch.device("cpu"), False)
+    assert f["accuracy"] == pytest.approx(1 - m["accuracy"])
+    assert f["gold_accuracy"] == pytest.approx(m["gold_accuracy"])
+    assert f["gold_accuracy/format"] == pytest.approx(m["gold_accuracy/format"])
+    # The judge's tie (the fourth pair) is left out: the format figure rests on one pair, so it is 0 or 1.
+    assert m["gold_accuracy/format"] in (0.0, 1.0)
+    assert (
+        tokenize_pair(rdata.parse_row({"prompt": "Q", "chosen": "a", "rejected": "b"}), tok, 128).gold_gap
+        is None
+    )
+
+
 def test_wilson_interval_against_hand_worked_values():
     # 50 of 100: centre (0.5 + 1.96^2/200) / (1 + 1.96^2/100) = 0.5; half-width
     # 1.96 / 1.038416 * sqrt(0.25/100 + 3.8416/40000) = 0.096171.
@@ -325,6 +373,8 @@ def test_lab_reward_model_learns_the_preferences(tmp_path, lab_prefs, lab_base_p
     evals = [row for row in read_metrics(cfg.run.output_dir) if row["split"] == "eval"]
     assert evals[-1]["accuracy"] > 0.6  # chance is 0.5
     assert evals[-1]["accuracy_low"] < evals[-1]["accuracy"] < evals[-1]["accuracy_high"]
+    # Against the gold judge itself (the lab's rows carry its utilities), per family too.
+    assert evals[-1]["gold_accuracy"] > 0.5 and 0.0 <= evals[-1]["gold_accuracy/harmful"] <= 1.0
     assert {f"accuracy/{f}" for f in ("arithmetic", "harmful", "format")} <= set(evals[-1])
     # The ceiling beside it, per family too: the same number `rlhf collect` wrote for these pairs.
     summary = json.loads((lab_prefs / "summary.json").read_text())["eval"]

@@ -119,7 +119,7 @@ def render_report(
         "<h3>Reward model</h3>"
         + _curves(
             rm_rows,
-            [("Bradley-Terry loss", [("train", "loss")]), ("pairwise accuracy", [("train", "accuracy"), ("eval", "accuracy"), ("eval", "bayes_accuracy")])],
+            [("Bradley-Terry loss", [("train", "loss")]), ("pairwise accuracy", [("train", "accuracy"), ("eval", "accuracy"), ("eval", "bayes_accuracy"), ("eval", "gold_accuracy")])],
             "reward model",
         )
     )  # fmt: skip

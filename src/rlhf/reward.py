@@ -97,6 +97,9 @@ class Pair:
     # The labeller's probability that ``chosen`` wins, given a decisive label: p_chosen / (p_chosen +
     # p_rejected) from the row's columns (``rlhf collect`` writes them); None when the row lacks them.
     p_chosen: float | None = None
+    # A reference judge's utility of chosen minus that of rejected (``gold_chosen - gold_rejected``,
+    # which the lab's collection writes); None when the row lacks them.
+    gold_gap: float | None = None
 
 
 def tokenize_pair(record: rdata.Preference, tokenizer, max_length: int) -> Pair | None:
@@ -112,6 +115,8 @@ def tokenize_pair(record: rdata.Preference, tokenizer, max_length: int) -> Pair 
     meta = record.meta
     p_c, p_r = meta.get("p_chosen"), meta.get("p_rejected")
     known = isinstance(p_c, (int, float)) and isinstance(p_r, (int, float)) and p_c + p_r > 0
+    g_c, g_r = meta.get("gold_chosen"), meta.get("gold_rejected")
+    gold = isinstance(g_c, (int, float)) and isinstance(g_r, (int, float))
     return Pair(
         chosen,
         rejected,
@@ -119,6 +124,7 @@ def tokenize_pair(record: rdata.Preference, tokenizer, max_length: int) -> Pair 
         bool(meta.get("tie", False)),
         meta.get("family"),
         p_c / (p_c + p_r) if known else None,
+        float(g_c - g_r) if gold else None,
     )
 
 
@@ -211,7 +217,10 @@ def evaluate_pairs(
     """Accuracy (overall and ``accuracy/<group>`` per group), mean margin, calibration and reward-length
     correlation over ``pairs`` (ties left out of accuracy and calibration). Where every pair knows its
     labeller's probabilities (``Pair.p_chosen``), also the Bayes-optimal accuracy on the same labels,
-    ``bayes_accuracy`` and ``bayes_accuracy/<group>``: the ceiling to read the accuracy against."""
+    ``bayes_accuracy`` and ``bayes_accuracy/<group>``: the ceiling to read the accuracy against. Where
+    every pair knows a reference judge's verdict (``Pair.gold_gap``), ``gold_accuracy`` (and per group):
+    how often the reward orders a pair as the judge does, over the pairs the judge does not tie (label
+    ties included), free of the labellers' noise."""
     model.eval()
     r_c, r_r = [], []
     for i in range(0, len(pairs), batch_size):
@@ -253,6 +262,16 @@ def evaluate_pairs(
         metrics[f"accuracy/{group}"] = (diff[member] > 0).float().mean().item()
         if bayes is not None:
             metrics[f"bayes_accuracy/{group}"] = bayes_accuracy(bayes[member])
+    if pairs and all(p.gold_gap is not None for p in pairs):
+        judged = [i for i, p in enumerate(pairs) if p.gold_gap != 0]
+        if judged:
+            gap = torch.tensor([pairs[i].gold_gap for i in judged])
+            agree = (r_c - r_r)[judged].sign() == gap.sign()
+            metrics["gold_accuracy"] = agree.float().mean().item()
+            judged_groups = [pairs[i].group for i in judged]
+            for group in sorted({g for g in judged_groups if g is not None}):
+                member = torch.tensor([g == group for g in judged_groups])
+                metrics[f"gold_accuracy/{group}"] = agree[member].float().mean().item()
     return metrics, table
 
 
