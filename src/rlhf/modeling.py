@@ -158,8 +158,9 @@ def load_reward_model(
     # From a causal LM the score head is new by design: transformers' report of it as a missing weight
     # would only alarm. From anything else, a missing weight is news, and transformers says so.
     # (A GGUF file holds a causal LM; reading its config again would parse the file twice.)
-    architectures = ["ForCausalLM"] if gguf else AutoConfig.from_pretrained(path).architectures or []
-    new_head = any(a.endswith("ForCausalLM") for a in architectures)
+    new_head = bool(gguf) or any(
+        a.endswith("ForCausalLM") for a in AutoConfig.from_pretrained(path).architectures or []
+    )
     verbosity = hf_logging.get_verbosity()
     if new_head:
         hf_logging.set_verbosity_error()
@@ -229,8 +230,9 @@ def pack_sequences(
     """Padding-free layout of a batch: the sequences end to end in rows of ``width`` tokens (default:
     the longest sequence's length; first-fit decreasing), positions restarting at 0 with each
     sequence, so that a decoder given these ``position_ids`` and no attention mask attends within each
-    sequence only (transformers builds the block-diagonal causal mask from the position restarts). A row's unused tail holds PAD tokens with
-    their own restarted positions: a sequence of its own whose outputs are never read.
+    sequence only (transformers builds the block-diagonal causal mask from the position restarts). A
+    row's unused tail holds PAD tokens with their own restarted positions: a sequence of its own whose
+    outputs are never read.
 
     Returns ``input_ids`` and ``position_ids`` (N, W), and ``last`` (S,): the flat index
     ``row * W + column`` of each sequence's last token, in the order of ``seqs``.

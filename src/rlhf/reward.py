@@ -211,6 +211,19 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def _mean(x: torch.Tensor) -> float:
+    return x.float().mean().item()
+
+
+def _per_group(name: str, values: torch.Tensor, pairs: list[Pair], stat) -> dict[str, float]:
+    """``{name/<group>: stat(values of that group's pairs)}``; ``values`` is aligned with ``pairs``."""
+    groups = [p.group for p in pairs]
+    return {
+        f"{name}/{g}": stat(values[torch.tensor([x == g for x in groups])])
+        for g in sorted({x for x in groups if x is not None})
+    }
+
+
 def evaluate_pairs(
     model, pairs: list[Pair], pad_id: int, batch_size: int, device, bf16
 ) -> tuple[dict[str, float], list[dict]]:
@@ -231,8 +244,9 @@ def evaluate_pairs(
         r_r.append(r.cpu())
     model.train()
     r_c, r_r = torch.cat(r_c), torch.cat(r_r)
-    decisive = torch.tensor([not p.tie for p in pairs])
-    diff = (r_c - r_r)[decisive]
+    margins = r_c - r_r  # (N,) every pair's r(chosen) - r(rejected)
+    kept = [p for p in pairs if not p.tie]
+    diff = margins[torch.tensor([not p.tie for p in pairs])]
     # Calibration needs both outcomes: present each pair as (A, B) with A the chosen one in even rows.
     flip = torch.arange(len(diff)) % 2 == 1
     p_first = torch.sigmoid(torch.where(flip, -diff, diff))
@@ -250,28 +264,17 @@ def evaluate_pairs(
         "ece": ece,
         "reward_length_corr": pearson(torch.cat([r_c, r_r]), lengths),
         "reward_mean": torch.cat([r_c, r_r]).mean().item(),
+        **_per_group("accuracy", diff > 0, kept, _mean),
     }
-    kept = [p for p in pairs if not p.tie]
-    bayes = None
     if kept and all(p.p_chosen is not None for p in kept):
         bayes = torch.tensor([p.p_chosen for p in kept], dtype=torch.float64)
         metrics["bayes_accuracy"] = bayes_accuracy(bayes)
-    groups = [p.group for p in kept]
-    for group in sorted({g for g in groups if g is not None}):
-        member = torch.tensor([g == group for g in groups])
-        metrics[f"accuracy/{group}"] = (diff[member] > 0).float().mean().item()
-        if bayes is not None:
-            metrics[f"bayes_accuracy/{group}"] = bayes_accuracy(bayes[member])
-    if pairs and all(p.gold_gap is not None for p in pairs):
-        judged = [i for i, p in enumerate(pairs) if p.gold_gap != 0]
-        if judged:
-            gap = torch.tensor([pairs[i].gold_gap for i in judged])
-            agree = (r_c - r_r)[judged].sign() == gap.sign()
-            metrics["gold_accuracy"] = agree.float().mean().item()
-            judged_groups = [pairs[i].group for i in judged]
-            for group in sorted({g for g in judged_groups if g is not None}):
-                member = torch.tensor([g == group for g in judged_groups])
-                metrics[f"gold_accuracy/{group}"] = agree[member].float().mean().item()
+        metrics.update(_per_group("bayes_accuracy", bayes, kept, bayes_accuracy))
+    judged = [i for i, p in enumerate(pairs) if p.gold_gap]  # the judge's ties left out
+    if judged and all(p.gold_gap is not None for p in pairs):
+        agree = margins[judged].sign() == torch.tensor([pairs[i].gold_gap for i in judged]).sign()
+        metrics["gold_accuracy"] = _mean(agree)
+        metrics.update(_per_group("gold_accuracy", agree, [pairs[i] for i in judged], _mean))
     return metrics, table
 
 
