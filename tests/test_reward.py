@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf import data as rdata
+from rlhf import reward as reward_mod
 from rlhf.collect import CollectConfig, collect
 from rlhf.config import ConfigError, load_config
 from rlhf.losses import bradley_terry_loss
@@ -250,6 +251,21 @@ def test_gold_accuracy_follows_the_judge_not_the_labels(tok, fresh_rm):
         tokenize_pair(rdata.parse_row({"prompt": "Q", "chosen": "a", "rejected": "b"}), tok, 128).gold_gap
         is None
     )
+
+
+def test_evaluate_pairs_builds_no_autograd_graph(fresh_rm, tok, monkeypatch):
+    # Evaluation must run without gradients: a graph kept per batch grows memory with the eval set
+    # (a 135M reward model on 251 pairs ran out of 24 GiB when it did).
+    seen, original = [], reward_mod.pair_rewards
+
+    def spy(model, batch):
+        seen.append(torch.is_grad_enabled())
+        return original(model, batch)
+
+    pairs = [tokenize_pair(rdata.parse_row({"prompt": "Q", "chosen": "a", "rejected": "b"}), tok, 128)] * 3
+    monkeypatch.setattr(reward_mod, "pair_rewards", spy)
+    evaluate_pairs(fresh_rm, pairs, tok.pad_token_id, 2, torch.device("cpu"), False)
+    assert seen == [False, False]
 
 
 def test_wilson_interval_against_hand_worked_values():

@@ -210,7 +210,6 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     return (x @ y).item() / denom if denom else 0.0
 
 
-@torch.no_grad()
 def _mean(x: torch.Tensor) -> float:
     return x.float().mean().item()
 
@@ -224,6 +223,7 @@ def _per_group(name: str, values: torch.Tensor, pairs: list[Pair], stat) -> dict
     }
 
 
+@torch.no_grad()
 def evaluate_pairs(
     model, pairs: list[Pair], pad_id: int, batch_size: int, device, bf16
 ) -> tuple[dict[str, float], list[dict]]:
