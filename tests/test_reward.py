@@ -400,6 +400,22 @@ def test_lab_reward_model_learns_the_preferences(tmp_path, lab_prefs, lab_base_p
     assert stats["std"] > 0 and stats["n"] > 500
     assert (Path(cfg.run.output_dir) / "calibration.json").exists()
 
+    # `rlhf rm-eval` scores the saved model on the same pairs as the run's last evaluation did.
+    from click.testing import CliRunner
+
+    from rlhf.cli import main
+
+    out = tmp_path / "rm-eval.json"
+    args = ["rm-eval", str(final), str(lab_prefs / "eval.jsonl"), "--max-length", "128", "--output", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    again = json.loads(out.read_text())["metrics"]
+    for key in ("accuracy", "bayes_accuracy", "gold_accuracy", "accuracy/arithmetic", "ece"):
+        assert again[key] == pytest.approx(evals[-1][key], abs=1e-6), key
+    assert f"accuracy {evals[-1]['accuracy']:.3f}" in result.output
+    missing = CliRunner().invoke(main, ["rm-eval", str(final), str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 1 and "nope.jsonl" in missing.output
+
 
 def test_lora_score_head_survives_save_and_load(tmp_path, lab_prefs, lab_base_path, tok):
     common = ("max_steps=4", "run.eval_every=0", "lora.r=4", "optim.lr=5e-3", "limit=64")

@@ -191,8 +191,8 @@ def _stage_config(cls, args: tuple[str, ...]):
 
 
 def _run_stage(train, cfg):
-    """Run one stage's ``train(cfg, log=...)``; bad data or a missing model exits with its message (the
-    file, line and field, or the folder) instead of a traceback."""
+    """Run one stage's ``train(cfg, log=...)`` (or any such call); bad data or a missing model exits with
+    its message (the file, line and field, or the folder) instead of a traceback."""
     from rlhf.config import ConfigError
     from rlhf.data import DataError
     from rlhf.modeling import ModelNotFoundError
@@ -239,6 +239,46 @@ def rm(args: tuple[str, ...]) -> None:
     from rlhf.reward import RMConfig, train_rm
 
     _run_stage(train_rm, _stage_config(RMConfig, args))
+
+
+@main.command("rm-eval")
+@click.argument("reward_model")
+@click.argument("data")
+@click.option(
+    "--max-length", default=512, show_default=True, help="Pairs with a longer response are skipped."
+)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--split", default="train", show_default=True, help="Split of a saved or hub dataset.")
+@click.option("--gguf-file", default=None, help="GGUF file inside REWARD_MODEL's folder, if it is one.")
+@click.option("--output", default=None, help="Write the metrics and calibration bins as JSON here.")
+def rm_eval(reward_model, data, max_length, batch_size, split, gguf_file, output) -> None:
+    """Score a saved reward model on a preference dataset (any format `rlhf rm` reads): accuracy with its
+    95% interval, calibration, margin, reward-length correlation, per family where the rows name one,
+    and on lab data the Bayes-optimal accuracy and the gold judge's agreement beside it."""
+    from rlhf.reward import evaluate_saved
+
+    values, table = _run_stage(
+        lambda _, log: evaluate_saved(reward_model, data, max_length, batch_size, gguf_file, split, log=log),
+        None,
+    )
+    bayes = f"; Bayes-optimal {values['bayes_accuracy']:.3f}" if "bayes_accuracy" in values else ""
+    gold = f", gold accuracy {values['gold_accuracy']:.3f}" if "gold_accuracy" in values else ""
+    click.echo(
+        f"{values['pairs']} pairs: accuracy {values['accuracy']:.3f} (95% {values['accuracy_low']:.3f}-"
+        f"{values['accuracy_high']:.3f}{bayes}){gold}, ece {values['ece']:.3f}, margin {values['margin']:+.3f}, "
+        f"reward-length corr. {values['reward_length_corr']:+.2f}"
+    )
+    groups = sorted(k.split("/", 1)[1] for k in values if k.startswith("accuracy/"))
+    for g in groups:
+        cells = [
+            f"{k} {values[f'{k}/{g}']:.3f}"
+            for k in ("accuracy", "bayes_accuracy", "gold_accuracy")
+            if f"{k}/{g}" in values
+        ]
+        click.echo(f"  {g}: " + ", ".join(cells))
+    if output:
+        Path(output).write_text(json.dumps({"metrics": values, "calibration": table}, indent=1))
+        click.echo(f"written: {output}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

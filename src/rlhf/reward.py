@@ -2,6 +2,7 @@
 
     rlhf rm configs/rm_lab.yaml                      # on pairs from `rlhf collect`
     rlhf rm examples/rm_smollm2_hh.yaml              # SmolLM2-135M + LoRA on HH-RLHF pairs
+    rlhf rm-eval runs/rm-lab/final runs/heldout/eval.jsonl   # a saved reward model on other pairs
 
 A reward model is ``AutoModelForSequenceClassification`` with one label, initialised from the SFT model
 (a new score head) or any Hugging Face model. The reward r(P, R) of a prompt and response is the score
@@ -53,6 +54,7 @@ from rlhf.training import (
     TrainConfig,
     autocast,
     load_splits,
+    resolve_device,
 )
 
 
@@ -320,6 +322,30 @@ def load_pairs(cfg: RMConfig, tokenizer, log) -> tuple[list[Pair], list[Pair]]:
     if not out[0]:
         raise ValueError(f"{cfg.data}: no training pair left")
     return out[0], out[1]
+
+
+def evaluate_saved(
+    model_path: str, data: str, max_length: int = 512, batch_size: int = 32, gguf_file: str | None = None,
+    split: str = "train", device: str = "auto", log=print,
+) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+    """``rlhf rm-eval``: a saved reward model scored on a preference dataset, with the metrics of a training
+    run's evaluation (:func:`evaluate_pairs`), plus ``pairs`` (scored) and ``skipped`` (a response
+    longer than ``max_length``). Returns them and the calibration bins."""
+    tokenizer = load_tokenizer(model_path, gguf_file)
+    model = load_reward_model(model_path, gguf_file, pad_token_id=tokenizer.pad_token_id)
+    records, report = rdata.load_preferences(data, split=split)
+    log(f"{data}: {report.summary()}")
+    tokenized = [tokenize_pair(r, tokenizer, max_length) for r in records]
+    pairs = [p for p in tokenized if p is not None]
+    if len(pairs) < len(tokenized):
+        log(
+            f"skipped {len(tokenized) - len(pairs)} pairs with a response longer than max_length={max_length}"
+        )
+    if not pairs:
+        raise rdata.DataError(data, f"no pair fits max_length={max_length}", reason="too long")
+    where = resolve_device(device)
+    values, table = evaluate_pairs(model.to(where), pairs, tokenizer.pad_token_id, batch_size, where, False)
+    return {**values, "pairs": len(pairs), "skipped": len(tokenized) - len(pairs)}, table
 
 
 # ---------------------------------------------------------------------------------------------------
