@@ -191,14 +191,19 @@ def _stage_config(cls, args: tuple[str, ...]):
 
 
 def _run_stage(train, cfg):
-    """Run one stage's ``train(cfg, log=...)`` (or any such call); bad data or a missing model exits with
-    its message (the file, line and field, or the folder) instead of a traceback."""
+    """Run one stage's ``train(cfg, log=...)``; see :func:`_run`."""
+    return _run(lambda log: train(cfg, log=log))
+
+
+def _run(call):
+    """``call(log)`` with a log to stderr; bad data or a missing model exits with its message (the file,
+    line and field, or the folder) instead of a traceback."""
     from rlhf.config import ConfigError
     from rlhf.data import DataError
     from rlhf.modeling import ModelNotFoundError
 
     try:
-        return train(cfg, log=lambda m: click.echo(m, err=True))
+        return call(lambda m: click.echo(m, err=True))
     except ConfigError as e:
         click.echo(f"config error:\n{e}", err=True)
         sys.exit(2)
@@ -255,17 +260,14 @@ def rm_eval(reward_model, data, max_length, batch_size, split, gguf_file, output
     """Score a saved reward model on a preference dataset (any format `rlhf rm` reads): accuracy with its
     95% interval, calibration, margin, reward-length correlation, per family where the rows name one,
     and on lab data the Bayes-optimal accuracy and the gold judge's agreement beside it."""
-    from rlhf.reward import evaluate_saved
+    from rlhf.reward import describe_eval, evaluate_saved
 
-    values, table = _run_stage(
-        lambda _, log: evaluate_saved(reward_model, data, max_length, batch_size, gguf_file, split, log=log),
-        None,
+    values, table = _run(
+        lambda log: evaluate_saved(reward_model, data, max_length, batch_size, gguf_file, split, log=log)
     )
-    bayes = f"; Bayes-optimal {values['bayes_accuracy']:.3f}" if "bayes_accuracy" in values else ""
     gold = f", gold accuracy {values['gold_accuracy']:.3f}" if "gold_accuracy" in values else ""
     click.echo(
-        f"{values['pairs']} pairs: accuracy {values['accuracy']:.3f} (95% {values['accuracy_low']:.3f}-"
-        f"{values['accuracy_high']:.3f}{bayes}){gold}, ece {values['ece']:.3f}, margin {values['margin']:+.3f}, "
+        f"{values['pairs']} pairs: {describe_eval(values)}{gold}, margin {values['margin']:+.3f}, "
         f"reward-length corr. {values['reward_length_corr']:+.2f}"
     )
     groups = sorted(k.split("/", 1)[1] for k in values if k.startswith("accuracy/"))

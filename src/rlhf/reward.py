@@ -324,6 +324,13 @@ def load_pairs(cfg: RMConfig, tokenizer, log) -> tuple[list[Pair], list[Pair]]:
     return out[0], out[1]
 
 
+def describe_eval(values: dict[str, float]) -> str:
+    """One evaluation in a line: ``accuracy A (95% L-H; Bayes-optimal B), ece E`` (Bayes where known)."""
+    bayes = f"; Bayes-optimal {values['bayes_accuracy']:.3f}" if "bayes_accuracy" in values else ""
+    interval = f"95% {values['accuracy_low']:.3f}-{values['accuracy_high']:.3f}"
+    return f"accuracy {values['accuracy']:.3f} ({interval}{bayes}), ece {values['ece']:.3f}"
+
+
 def evaluate_saved(
     model_path: str, data: str, max_length: int = 512, batch_size: int = 32, gguf_file: str | None = None,
     split: str = "train", device: str = "auto", log=print,
@@ -418,9 +425,7 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
         if evals and run.due(step, cfg.run.eval_every):
             values, table = evaluate_pairs(model, evals, pad_id, cfg.batch_size, device, cfg.run.bf16)
             run.metrics.log(step, "eval", **values)
-            bayes = f"; Bayes-optimal {values['bayes_accuracy']:.3f}" if "bayes_accuracy" in values else ""
-            log(f"step {step}: eval accuracy {values['accuracy']:.3f} "
-                f"(95% {values['accuracy_low']:.3f}-{values['accuracy_high']:.3f}{bayes}), ece {values['ece']:.3f}")  # fmt: skip
+            log(f"step {step}: eval {describe_eval(values)}")
             (run.dir / "calibration.json").write_text(json.dumps({"step": step, "bins": table}, indent=2))
         run.checkpoint(step, model, tokenizer, optimizer, scheduler, stream)
         if run.interrupted(step):
