@@ -1,5 +1,6 @@
 # make demo   -- set up .venv (if missing) and run the main job on the built-in lab default
 # make test   -- set up .venv (if missing) and run the test suite
+# make seed-sweep -- the figure tests over 5 lab base-model seeds x 2 test seeds (runs/seed-sweep/RESULTS.md)
 # make bench  -- ours against Hugging Face TRL, side by side (bench/RESULTS.md; not part of `make test`)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint clean bench
+.PHONY: demo test test-slow seed-sweep lint clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Not part of `make test`: builds up to 5 base models (about 90 s each) and runs the figure tests 10 times.
+seed-sweep: $(STAMP)
+	$(BIN)/python tests/seed_sweep.py
 
 # The peers' venvs (bench/.venv-trl116, bench/.venv-trl112) are made on first use and then reused.
 # Options through BENCH_ARGS, e.g. BENCH_ARGS='--repeats 3 --tasks sft'; BENCH_SMOLLM2=1 adds SmolLM2-135M.

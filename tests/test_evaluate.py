@@ -281,3 +281,44 @@ def test_tiny_run_end_to_end_with_an_interruption(tmp_path, lab_base_path):
     _check_report(
         report, ["SFT", "Reward model", "PPO", "Over-optimisation", "Probes", "side by side", "Settings"]
     )
+
+
+def test_tiny_run_with_two_rounds_and_a_reward_model_ensemble(tmp_path, lab_base_path):
+    """Iterated RLHF: round 2 collects pairs on the round-1 policy, retrains the (2-member) reward model on
+    all pairs and continues PPO from the round-1 policy with the SFT model as reference."""
+    from rlhf.config import load_config
+    from rlhf.pipeline import RunConfig, run_pipeline, stage_configs
+
+    cfg = load_config(
+        RunConfig, None,
+        [
+            f"runs_dir={tmp_path}", "name=rounds", f"model={lab_base_path}", "rounds=2", "round_prompts=24",
+            "sft.max_steps=6", "sft.lab_examples=100", "sft.run.progress=false",
+            "collect.prompts=32", "collect.k=2",
+            "rm.max_steps=3", "rm.members=2", "rm.run.progress=false",
+            "ppo.max_steps=2", "ppo.rollout_size=8", "ppo.batch_size=8", "ppo.max_new_tokens=12",
+            "ppo.run.progress=false",
+            "eval.prompts=12", "eval.best_of_n=[1,2]", "eval.best_of_n_prompts=4", "eval.samples_shown=2",
+        ],
+    )  # fmt: skip
+    stages = stage_configs(cfg)
+    d = tmp_path / "rounds"
+    assert stages["ppo-2"].model == str(d / "ppo/final") and stages["ppo-2"].reference == str(d / "sft/final")
+    assert stages["collect-2"].policy == str(d / "ppo/final") and stages["collect-2"].prompts == 24
+    assert stages["rm-2"].model == str(d / "sft/final") and len(stages["rm-2"].data) == 2
+    assert stages["collect-2"].seed == stages["collect"].seed + 1000  # other prompts than round 1's
+    logs: list[str] = []
+    run_pipeline(cfg, log=logs.append)
+    members = json.loads((d / "rm-2/final/ensemble.json").read_text())["members"]
+    assert members == ["../member-0/final", "../member-1/final"] and (d / "rm-2/member-1/final").is_dir()
+    rounds = json.loads((d / "rounds.json").read_text())
+    assert set(rounds) == {"rm-2"} and rounds["rm-2"]["pairs"] > 0
+    assert 0 <= rounds["rm-2"]["old_rm_accuracy"] <= 1 and 0 <= rounds["rm-2"]["new_rm_accuracy"] <= 1
+    rows = [r for r in map(json.loads, (d / "ppo-2/metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    assert all(r["ensemble_std/final"] >= 0 for r in rows)
+    result = json.loads((d / "eval.json").read_text())
+    assert result["policies"]["ppo"] == str(d / "ppo-2/final") and result["rounds"] == rounds
+    assert [(r["round"], r["step"]) for r in result["ppo_trace"]] == [(1, 1), (1, 2), (2, 3), (2, 4)]
+    logs.clear()
+    run_pipeline(cfg, log=logs.append)  # a rerun skips every finished stage of both rounds
+    assert {f"== {s}: done, skipped ==" for s in ("rm-2", "ppo-2", "collect-2", "eval")} <= set(logs)

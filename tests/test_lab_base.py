@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf.lab.base import BaseModelSpec, build_base_model, corpus
-from rlhf.lab.evaluate import gold_eval
+from rlhf.lab.evaluate import EVAL_SEED, gold_eval
 
 # The bound on the default base model's held-out next-token loss (nats/token). The lab text has
 # irreducible randomness (sampled numbers, styles and phrasings), so the loss cannot go to zero; an
@@ -61,21 +61,24 @@ def test_chat_template_rejects_unknown_role(tok):
         tok.apply_chat_template([{"role": "robot", "content": "hi"}], tokenize=False)
 
 
-def test_base_model_figures(lab_base_path):
+@pytest.mark.figure
+def test_base_model_figures(lab_base_path, figure):
     info = json.loads((lab_base_path / "lab_base.json").read_text())
     assert 0.5e6 < info["n_params"] < 5e6
-    assert info["heldout_loss"] < HELDOUT_LOSS_BOUND
+    figure("heldout_loss", info["heldout_loss"], below=HELDOUT_LOSS_BOUND)
 
 
-def test_base_model_samples_look_like_lab_text(lab_base_path, tok):
+@pytest.mark.figure
+def test_base_model_samples_look_like_lab_text(lab_base_path, tok, test_seed, figure):
     model = AutoModelForCausalLM.from_pretrained(lab_base_path)
-    report = gold_eval(model, tok, n=60, max_new_tokens=48)
+    report = gold_eval(model, tok, n=60, max_new_tokens=48, seed=EVAL_SEED + test_seed)
     lab_words = {w for doc in corpus(3000, seed=123) for w in re.findall(r"[a-z]+", doc.lower())}
     sample_words = [w for r in report.responses for w in re.findall(r"[a-z]+", r.lower())]
     assert len(sample_words) > 100
-    assert sum(w in lab_words for w in sample_words) / len(sample_words) > 0.95
+    figure("lab_word_share", sum(w in lab_words for w in sample_words) / len(sample_words), above=0.95)
     # Most samples stop (emit EOS) well before the limit, like the lab's short responses.
-    assert sum(len(tok(r)["input_ids"]) < 40 for r in report.responses) / len(report.responses) > 0.8
+    short = sum(len(tok(r)["input_ids"]) < 40 for r in report.responses) / len(report.responses)
+    figure("short_response_share", short, above=0.8)
 
 
 def test_build_is_deterministic_and_cached(tmp_path):

@@ -177,38 +177,46 @@ def test_bayes_accuracy_hand_worked():
     assert expected_agreement((0.8, 0.2, 0.0), (0.6, 0.4, 0.0)) == pytest.approx(0.8 * 0.6 + 0.2 * 0.4)
 
 
-def test_oracle_accuracy_matches_bayes_accuracy():
+@pytest.mark.figure
+def test_oracle_accuracy_matches_bayes_accuracy(test_seed, figure):
     """Predicting the likelier label reaches the Bayes accuracy on sampled labels."""
-    rng = random.Random(0)
+    rng = random.Random(test_seed)
     preset = with_ties(PRESETS["default"], 0.2)
-    labelled = [label_pair(preset, p, a, b, rng) for p, a, b in demonstrator_pairs(4000, seed=5)]
+    labelled = [label_pair(preset, p, a, b, rng) for p, a, b in demonstrator_pairs(4000, seed=5 + test_seed)]
     decisive = [x for x in labelled if x.label != "tie"]
     oracle = sum((x.p_a >= x.p_b) == (x.label == "a") for x in decisive) / len(decisive)
     bound = bayes_accuracy([(x.p_a, x.p_b, x.p_tie) for x in labelled])
     assert 0.05 < 1 - len(decisive) / len(labelled) < 0.25  # ties happen
-    assert oracle == pytest.approx(bound, abs=0.02)
+    figure("oracle_minus_bayes", abs(oracle - bound), below=0.02)
 
 
-def test_length_bias_makes_the_longer_response_win():
-    biased = preset_stats(PRESETS["length-biased"], n=2000, seed=0)
-    unbiased = preset_stats(PRESETS["default"], n=2000, seed=0)
-    assert biased["longer_wins"] > biased["longer_wins_if_unbiased"] + 0.1
-    assert abs(unbiased["longer_wins"] - unbiased["longer_wins_if_unbiased"]) < 0.04
-    assert biased["label_follows_gold"] < unbiased["label_follows_gold"] - 0.05
+@pytest.mark.figure
+def test_length_bias_makes_the_longer_response_win(test_seed, figure):
+    biased = preset_stats(PRESETS["length-biased"], n=2000, seed=test_seed)
+    unbiased = preset_stats(PRESETS["default"], n=2000, seed=test_seed)
+    figure("biased_longer_wins_excess", biased["longer_wins"] - biased["longer_wins_if_unbiased"], above=0.1)
+    excess = abs(unbiased["longer_wins"] - unbiased["longer_wins_if_unbiased"])
+    figure("unbiased_longer_wins_excess", excess, below=0.04)
+    drop = unbiased["label_follows_gold"] - biased["label_follows_gold"]
+    figure("label_follows_gold_drop", drop, above=0.05)
 
 
-def test_measured_agreement_matches_the_model():
+@pytest.mark.figure
+def test_measured_agreement_matches_the_model(test_seed, figure):
     for preset in PRESETS.values():
-        stats = preset_stats(preset, n=3000, seed=1)
-        assert stats["agreement_measured"] == pytest.approx(stats["agreement_predicted"], abs=0.03)
+        stats = preset_stats(preset, n=3000, seed=1 + test_seed)
+        gap = abs(stats["agreement_measured"] - stats["agreement_predicted"])
+        figure(f"agreement_gap/{preset.name}", gap, below=0.03)
 
 
-def test_position_bias_favours_the_first_shown():
+@pytest.mark.figure
+def test_position_bias_favours_the_first_shown(test_seed, figure):
     pool = tuple(Annotator(f"p{i}", beta=4.0, position_bias=1.0) for i in range(3))
     preset = PRESETS["default"].__class__("positional", "test", pool)
-    stats = preset_stats(preset, n=2000, seed=2)
-    assert stats["first_shown_wins"] > 0.55
-    assert abs(preset_stats(PRESETS["default"], n=2000, seed=2)["first_shown_wins"] - 0.5) < 0.04
+    stats = preset_stats(preset, n=2000, seed=2 + test_seed)
+    figure("first_shown_wins", stats["first_shown_wins"], above=0.55)
+    unbiased = preset_stats(PRESETS["default"], n=2000, seed=2 + test_seed)["first_shown_wins"]
+    figure("unbiased_first_shown_excess", abs(unbiased - 0.5), below=0.04)
 
 
 def test_sycophantic_preset_prefers_agreement_on_false_claims():

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf.config import ConfigError, load_config
 from rlhf.losses import (
     adaptive_kl_coef,
+    predictive_kl_coef,
     gae,
     kl_estimate,
     penalised_rewards,
@@ -161,6 +162,42 @@ def test_adaptive_kl_controller_formula():
         0.1 * (1 - 0.05 * 64 / 10_000)
     )
     assert adaptive_kl_coef(0.1, kl=0.0, target=2.0, horizon=100, n_steps=100) == pytest.approx(0.08)
+
+
+def test_predictive_kl_controller_formula():
+    # KL 0.6 after 0.4, target 0.8: extrapolated 0.8, error 0: beta stays.
+    assert predictive_kl_coef(0.3, kl=0.6, kl_prev=0.4, target=0.8, horizon=200, n_steps=64) == pytest.approx(0.3)
+    # KL 1.2 after 0.8: extrapolated 1.6, error +1.0 (no 0.2 cap above the target): x (1 + 64 / 200).
+    assert predictive_kl_coef(0.3, 1.2, 0.8, 0.8, 200, 64) == pytest.approx(0.3 * 1.32)
+    # Far above: the rise is capped at max_rise; below: the fall is capped at 0.2, as Ziegler's.
+    assert predictive_kl_coef(0.3, 4.0, 4.0, 0.8, 200, 64, max_rise=1.0) == pytest.approx(0.3 * 1.32)
+    assert predictive_kl_coef(0.3, 0.0, None, 0.8, 200, 64) == pytest.approx(0.3 * (1 - 0.2 * 0.32))
+
+
+def _betas(controller, kls, beta=0.3, target=0.8):
+    out, prev = [], None
+    for kl in kls:
+        beta = controller(beta, kl, prev, target) if controller is not adaptive_kl_coef else (
+            adaptive_kl_coef(beta, kl, target, 200, 64)
+        )
+        prev = kl
+        out.append(beta)
+    return out
+
+
+def test_predictive_controller_pushes_back_on_a_kl_that_climbs_past_its_target():
+    """A scripted KL sequence like the lab demo's: 0.15 nats more every step of 64 samples, past the 0.8
+    target at step 6. Ziegler's controller lets beta fall until the KL arrives and has it barely back
+    where it started 4 steps later; the predictive one has doubled it by then."""
+    kls = [0.15 * t for t in range(1, 21)]
+    ziegler = _betas(adaptive_kl_coef, kls)
+    predictive = _betas(lambda b, kl, prev, target: predictive_kl_coef(b, kl, prev, target, 200, 64), kls)
+    assert min(ziegler) < 0.8 * 0.3 and ziegler[9] < 1.05 * 0.3  # fell by a fifth, barely back at step 10
+    assert predictive[9] > 2 * 0.3 and predictive[-1] > 10 * ziegler[-1]
+    # Once the KL turns back down toward the target, beta stops rising at once.
+    settle = _betas(lambda b, kl, prev, target: predictive_kl_coef(b, kl, prev, target, 200, 64),
+                    [2.0, 1.6, 1.2, 0.9, 0.8, 0.8])  # fmt: skip
+    assert settle[2] <= settle[1] and settle[-1] == pytest.approx(settle[-2])
 
 
 def test_penalised_rewards_put_the_score_on_the_last_real_token():
@@ -352,20 +389,21 @@ def _cfg(tmp_path: Path, base: Path, name: str, *overrides: str) -> PPOConfig:
     )
 
 
-def test_rule_based_reward_rises_on_the_lab_base_model(tmp_path, lab_base_path):
+@pytest.mark.figure
+def test_rule_based_reward_rises_on_the_lab_base_model(tmp_path, lab_base_path, test_seed, figure):
     """A reward for saying "sorry" (rare in the base model's answers) is learned within a few dozen steps."""
     cfg = _cfg(
         tmp_path, lab_base_path, "word",
         'reward_functions=[{"function": "rlhf.rewards:contains_word", "kwargs": {"word": "sorry"}}]',
         "critic=policy_head", "max_steps=30", "rollout_size=32", "batch_size=16", "max_new_tokens=24",
-        "optim.lr=3e-4", "kl_coef=0.01", "adaptive_kl=false", "missing_eos_penalty=0",
+        "optim.lr=3e-4", "kl_coef=0.01", "adaptive_kl=false", "missing_eos_penalty=0", f"run.seed={test_seed}",
     )  # fmt: skip
     train_ppo(cfg, log=lambda *_: None)
     rows = [r for r in read_metrics(cfg.run.output_dir) if r["split"] == "train"]
     key = "reward/rlhf.rewards:contains_word"
     first = sum(r[key] for r in rows[:5]) / 5
     last = sum(r[key] for r in rows[-5:]) / 5
-    assert last > first + 0.3, (first, last)
+    figure("reward_gain", last - first, above=0.3)
     assert all(math.isfinite(r["kl"]) and r["beta"] == 0.01 for r in rows)
 
 

@@ -321,18 +321,22 @@ def test_explicit_and_implicit_prompt_tokenise_the_same(tok):
 
 
 @pytest.fixture(scope="module")
-def lab_prefs(tmp_path_factory, lab_base_path) -> Path:
+def lab_prefs(tmp_path_factory, lab_base_path, test_seed) -> Path:
     """Pairs sampled from the lab base model (a stand-in policy), labelled by default annotators."""
     out = tmp_path_factory.mktemp("prefs")
-    cfg = CollectConfig(policy=str(lab_base_path), prompts=600, k=4, output_dir=str(out), seed=1)
+    cfg = CollectConfig(policy=str(lab_base_path), prompts=600, k=4, output_dir=str(out), seed=1 + test_seed)
     return collect(cfg, log=lambda *_: None)
 
 
-def test_collect_writes_labelled_preference_data(lab_prefs):
+@pytest.mark.figure
+def test_collect_writes_labelled_preference_data(lab_prefs, figure):
     summary = json.loads((lab_prefs / "summary.json").read_text())
     assert summary["train"]["pairs"] > 500 and summary["eval"]["pairs"] > 50
-    assert summary["train"]["chosen_is_gold_better"] > 0.8  # the annotators follow the gold judge
-    assert 0.6 < summary["train"]["bayes_accuracy"] < 1.0
+    figure(
+        "chosen_is_gold_better", summary["train"]["chosen_is_gold_better"], above=0.8
+    )  # annotators follow gold
+    figure("bayes_accuracy", summary["train"]["bayes_accuracy"], above=0.6)
+    assert summary["train"]["bayes_accuracy"] < 1.0
     records, report = rdata.load_preferences(lab_prefs / "train.jsonl")
     assert report.n_loaded == summary["train"]["pairs"]
     meta = records[0].meta
@@ -383,14 +387,19 @@ def test_data_may_be_a_list_of_datasets(tmp_path):
         load_config(RMConfig, None, ["data=[]"])
 
 
-def test_lab_reward_model_learns_the_preferences(tmp_path, lab_prefs, lab_base_path):
-    cfg = _rm_cfg(tmp_path, lab_prefs, lab_base_path, "rm", "epochs=2", "optim.lr=1e-3", "run.eval_every=0")
+@pytest.mark.figure
+def test_lab_reward_model_learns_the_preferences(tmp_path, lab_prefs, lab_base_path, test_seed, figure):
+    cfg = _rm_cfg(
+        tmp_path, lab_prefs, lab_base_path, "rm", "epochs=2", "optim.lr=1e-3", "run.eval_every=0",
+        f"run.seed={test_seed}",
+    )  # fmt: skip
     final = train_rm(cfg, log=lambda *_: None)
     evals = [row for row in read_metrics(cfg.run.output_dir) if row["split"] == "eval"]
-    assert evals[-1]["accuracy"] > 0.6  # chance is 0.5
+    figure("accuracy", evals[-1]["accuracy"], above=0.6)  # chance is 0.5
     assert evals[-1]["accuracy_low"] < evals[-1]["accuracy"] < evals[-1]["accuracy_high"]
     # Against the gold judge itself (the lab's rows carry its utilities), per family too.
-    assert evals[-1]["gold_accuracy"] > 0.5 and 0.0 <= evals[-1]["gold_accuracy/harmful"] <= 1.0
+    figure("gold_accuracy", evals[-1]["gold_accuracy"], above=0.5)
+    assert 0.0 <= evals[-1]["gold_accuracy/harmful"] <= 1.0
     assert {f"accuracy/{f}" for f in ("arithmetic", "harmful", "format")} <= set(evals[-1])
     # The ceiling beside it, per family too: the same number `rlhf collect` wrote for these pairs.
     summary = json.loads((lab_prefs / "summary.json").read_text())["eval"]

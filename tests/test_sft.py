@@ -222,13 +222,16 @@ def test_lora_save_load_merge_round_trip(tmp_path, lab_base_path):
     assert (from_adapters - from_base).abs().max() > 1e-4  # the adapters changed the model
 
 
-def test_lab_sft_beats_the_base_model(tmp_path, lab_base_path):
+@pytest.mark.figure
+def test_lab_sft_beats_the_base_model(tmp_path, lab_model, test_seed, figure):
     """The metric that matters: with the shipped config, the gold judge's mean utility of sampled
     responses rises clearly above the base model's."""
     cfg = load_config(
         SFTConfig,
         ROOT / "configs/sft_lab.yaml",
         [
+            f"model={lab_model}",
+            f"run.seed={test_seed}",
             f"run.output_dir={tmp_path / 'lab'}",
             "run.progress=false",
             "run.save_every=0",
@@ -238,7 +241,7 @@ def test_lab_sft_beats_the_base_model(tmp_path, lab_base_path):
     train_sft(cfg, log=lambda *_: None)
     gold = [row for row in read_metrics(cfg.run.output_dir) if "gold_utility" in row]
     assert [row["step"] for row in gold] == [0, cfg.max_steps]
-    assert gold[1]["gold_utility"] > gold[0]["gold_utility"] + 0.05
+    figure("gold_gain", gold[1]["gold_utility"] - gold[0]["gold_utility"], above=0.05)
     assert (
         json.loads((Path(cfg.run.output_dir) / "final" / "gold.json").read_text())["gold_utility"]
         == gold[1]["gold_utility"]

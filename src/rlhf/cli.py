@@ -319,6 +319,34 @@ def run_all(preset: str | None, args: tuple[str, ...]) -> None:
     click.echo(f"report: {report}")
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Comma-separated seeds.")
+@click.option("--preset", default=None, help=f"Lab annotator preset: {_PRESETS}.")
+@click.argument("args", nargs=-1)
+def sweep(seeds: str, preset: str | None, args: tuple[str, ...]) -> None:
+    """rlhf run over several seeds: rlhf sweep [--seeds 0,1,2,3,4] [CONFIG.yaml] [key=value ...].
+
+    Seed s runs as runs/<name>-s<s>/ with every stage's seed and the lab base model's set to s; the
+    per-seed and pooled figures (mean, 95% interval) go to runs/<name>-sweep/ (sweep.json, sweep.md,
+    sweep.html). E.g. `rlhf sweep name=oracle reward=gold` for the ceiling. Keys: as rlhf run."""
+    from rlhf.pipeline import RunConfig
+    from rlhf.sweep import run_sweep
+
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        click.echo(f"error: --seeds {seeds!r}: expected comma-separated integers such as 0,1,2", err=True)
+        sys.exit(2)
+    if not seed_list:
+        click.echo("error: --seeds: give at least one seed", err=True)
+        sys.exit(2)
+    if preset:
+        args = (*args, f"preset={preset}")
+    cfg = _stage_config(RunConfig, args)
+    out = _run(lambda log: run_sweep(cfg, seed_list, log=log))
+    click.echo(f"sweep: {out}/sweep.md, {out}/sweep.html")
+
+
 @main.command("eval")
 @click.argument("checkpoints", nargs=-1, required=True)
 @click.option("--baseline", required=True, help="The checkpoint the others are compared with.")

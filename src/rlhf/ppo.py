@@ -18,7 +18,8 @@ One PPO step (Ouyang et al. 2022; the per-token KL of Ziegler et al. 2019; PPO o
 4. **Update.** ``ppo_epochs`` passes over shuffled minibatches of ``batch_size * grad_accum`` samples:
    clipped surrogate + ``vf_coef`` * clipped value loss - ``entropy_coef`` * entropy, gradient clipping;
    an epoch stops early when the approximate KL passes ``early_stop_kl``.
-5. **KL controller.** beta fixed, or adapted toward ``kl_target`` (Ziegler et al. 2019).
+5. **KL controller.** beta fixed, or adapted toward ``kl_target``: on the KL extrapolated one step ahead
+   (``kl_controller: predictive``, fast to rise) or on the last KL (``ziegler``, Ziegler et al. 2019).
 
 The pure pieces (KL estimators, rewards, GAE, whitening, losses, controller) are in ``rlhf.losses``.
 All per-token tensors sit on the response positions; ``Rollout`` documents each one's shape.
@@ -42,6 +43,7 @@ from pydantic import BaseModel, Field, model_validator
 from rlhf import data as rdata
 from rlhf.losses import (
     adaptive_kl_coef,
+    conservative_reward,
     entropy_from_logits,
     explained_variance,
     gae,
@@ -50,6 +52,7 @@ from rlhf.losses import (
     penalised_rewards,
     ppo_policy_loss,
     ppo_value_loss,
+    predictive_kl_coef,
     token_logprobs,
     whiten,
 )
@@ -61,6 +64,7 @@ from rlhf.modeling import (
     load_tokenizer,
     position_ids,
     prepare_for_training,
+    reward_model_members,
     sequence_scores,
     token_scores,
 )
@@ -84,11 +88,13 @@ from rlhf.training import (
 
 
 class RewardModelSpec(BaseModel):
-    """One frozen reward model."""
+    """One frozen reward model, or an ensemble of them (a folder with ``ensemble.json``)."""
 
     model_config = {"extra": "forbid"}
 
-    path: str = Field(description="a reward model folder (AutoModelForSequenceClassification, one label)")
+    path: str = Field(
+        description="a reward model folder (AutoModelForSequenceClassification, one label), or an ensemble's"
+    )
     gguf_file: str | None = Field(None, description="a GGUF file inside `path`")
     weight: float = Field(1.0, description="weight in the combined reward")
     normalize: bool = Field(True, description="standardise with the reward_stats.json stored beside it")
@@ -110,6 +116,10 @@ class PPOConfig(TrainConfig):
     step is one rollout of ``rollout_size`` prompts and its update). Defaults: the lab."""
 
     model: str = Field("runs/sft-lab/final", description="the initial policy (and reference): SFT folder")
+    reference: str | None = Field(
+        None, description="the frozen KL reference, if not the initial policy (a later round starts from "
+        "the last round's policy and keeps the SFT model as reference)",
+    )
     data: str = Field("lab", description="prompts: lab, or a file/folder/hub dataset with a prompt column")
     lab_prompts: int = Field(5000, ge=1, description="training prompts drawn from the lab when data=lab")
     eval_prompts: int = Field(400, ge=0, description="held-out prompts per evaluation (0: no evaluation)")
@@ -119,6 +129,9 @@ class PPOConfig(TrainConfig):
     )
     reward_functions: list[RewardFunctionSpec] = Field(
         default_factory=list, description="rule-based rewards (module:function)"
+    )
+    uncertainty_coef: float = Field(
+        1.0, ge=0, description="a reward-model ensemble's reward: mean - uncertainty_coef * std over its members"
     )
     reward_clip: float | None = Field(None, gt=0, description="clip the combined score to [-c, c]")
     missing_eos_penalty: float = Field(
@@ -144,7 +157,12 @@ class PPOConfig(TrainConfig):
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="per-token KL estimator in the reward")
     kl_coef: float = Field(0.3, ge=0, description="beta, the KL penalty coefficient (initial, if adaptive)")
-    adaptive_kl: bool = Field(True, description="adapt beta toward kl_target (Ziegler et al. 2019)")
+    adaptive_kl: bool = Field(True, description="adapt beta toward kl_target")
+    kl_controller: Literal["predictive", "ziegler"] = Field(
+        "predictive",
+        description="predictive: on the KL extrapolated one step, fast to rise (rlhf.losses.predictive_kl_coef); "
+        "ziegler: Ziegler et al. 2019 on the last KL (rlhf.losses.adaptive_kl_coef)",
+    )
     kl_target: float = Field(0.8, gt=0, description="target per-sequence KL (nats) of the controller")
     kl_horizon: float = Field(200.0, gt=0, description="controller horizon, in samples")
     early_stop_kl: float | None = Field(None, gt=0, description="stop an update when approx KL exceeds this")
@@ -169,6 +187,8 @@ class PPOConfig(TrainConfig):
             )
         if not self.reward_models and not self.reward_functions:
             raise ValueError("no reward: give reward_models, reward_functions, or both")
+        if self.reference is not None and self.lora.r:
+            raise ValueError("reference: with LoRA the reference is the policy without its adapters; unset it")
         if self.critic == "reward" and not self.reward_models:
             raise ValueError(
                 "critic=reward starts the critic from the first reward model, and there is none: "
@@ -328,6 +348,7 @@ class Scorer:
 
     def __init__(self, spec: RewardModelSpec, policy_tokenizer, device: torch.device) -> None:
         self.spec = spec
+        self.path = spec.path
         self.tokenizer = load_tokenizer(spec.path, spec.gguf_file)
         self.model = load_reward_model(spec.path, spec.gguf_file, pad_token_id=self.tokenizer.pad_token_id)
         self.model.to(device).eval().requires_grad_(False)
@@ -364,6 +385,26 @@ class Scorer:
             with autocast(device, bf16):
                 out.append(sequence_scores(self.model, ids, mask).float())
         return torch.cat(out)
+
+
+class RewardEnsemble:
+    """The reward model(s) of one ``RewardModelSpec``: one :class:`Scorer`, or one per member of an
+    ensemble; called, it gives every member's normalised scores."""
+
+    def __init__(self, spec: RewardModelSpec, policy_tokenizer, device: torch.device) -> None:
+        self.spec = spec
+        self.members = [
+            Scorer(spec.model_copy(update={"path": path}), policy_tokenizer, device)
+            for path in reward_model_members(spec.path)
+        ]
+
+    def __call__(self, input_ids, attention_mask, conversations, batch_size: int, device, bf16) -> torch.Tensor:
+        """(K, B): member k's score of each response, standardised by its own statistics (see
+        :meth:`Scorer.__call__` for the arguments)."""
+        return torch.stack(
+            [(m(input_ids, attention_mask, conversations, batch_size, device, bf16) - m.mean) / m.std
+             for m in self.members]
+        )  # fmt: skip
 
 
 def encode_prompts(records, tokenizer, max_length: int) -> tuple[list[list[int]], list[Any]]:
@@ -428,18 +469,20 @@ class PPO:
         policy = load_causal_lm(cfg.model, cfg.gguf_file)
         # The reference: the frozen initial policy, or (LoRA) the policy with its adapters disabled.
         self.reference = None
-        if not cfg.lora.r:
+        if cfg.reference is not None:
+            self.reference = load_causal_lm(cfg.reference).to(device).eval().requires_grad_(False)
+        elif not cfg.lora.r:
             self.reference = copy.deepcopy(policy).to(device).eval().requires_grad_(False)
         self.policy = prepare_for_training(policy, cfg.lora, cfg.run.gradient_checkpointing).to(device)
-        self.scorers = [Scorer(spec, self.tokenizer, device) for spec in cfg.reward_models]
+        self.scorers = [RewardEnsemble(spec, self.tokenizer, device) for spec in cfg.reward_models]
         self.functions = [(load_reward_function(f.function), f) for f in cfg.reward_functions]
         self.value_head: ValueHead | None = None
         self.critic = None
         if cfg.critic == "policy_head":
             self.value_head = ValueHead(_inner(self.policy).config.hidden_size).to(device)
         else:
-            path = cfg.reward_models[0].path if cfg.critic == "reward" else cfg.critic
-            if cfg.critic == "reward" and not self.scorers[0].same_tokens:
+            path = self.scorers[0].members[0].path if cfg.critic == "reward" else cfg.critic
+            if cfg.critic == "reward" and not self.scorers[0].members[0].same_tokens:
                 raise ValueError(
                     f"critic=reward: the reward model {path} has another tokenizer than the policy; "
                     "use critic=policy_head or a critic folder with the policy's tokenizer"
@@ -449,6 +492,7 @@ class PPO:
                 critic, cfg.lora, cfg.run.gradient_checkpointing, "SEQ_CLS", ["score"]
             ).to(device)
         self.beta = cfg.kl_coef
+        self.kl_prev: float | None = None  # the last rollout's KL, for the predictive controller
 
     def trained(self) -> dict[str, torch.nn.Module]:
         """The trained modules, by checkpoint subfolder."""
@@ -506,9 +550,13 @@ class PPO:
         parts: dict[str, torch.Tensor] = {}
         scores = torch.zeros(len(responses), device=device)
         for scorer in self.scorers:
-            raw_score = scorer(input_ids, attention_mask, conversations, mb, device, cfg.run.bf16)
-            parts[f"score/{Path(scorer.spec.path).name}"] = raw_score
-            scores += scorer.spec.weight * (raw_score - scorer.mean) / scorer.std
+            members = scorer(input_ids, attention_mask, conversations, mb, device, cfg.run.bf16)  # (K, B)
+            reward, spread = conservative_reward(members, cfg.uncertainty_coef)
+            name = Path(scorer.spec.path).name
+            parts[f"score/{name}"] = members.mean(0)  # normalised (each member by its own statistics)
+            if len(members) > 1:
+                parts[f"ensemble_std/{name}"] = spread
+            scores += scorer.spec.weight * reward
         meta = [r.meta for r in records]
         for fn, spec in self.functions:
             value = torch.tensor(
@@ -640,8 +688,12 @@ class PPO:
 
     def update_beta(self, seq_kl: float, n: int) -> None:
         """5. The adaptive KL controller (a no-op with ``adaptive_kl: false``)."""
-        if self.cfg.adaptive_kl:
-            self.beta = adaptive_kl_coef(self.beta, seq_kl, self.cfg.kl_target, self.cfg.kl_horizon, n)
+        cfg = self.cfg
+        if cfg.adaptive_kl and cfg.kl_controller == "ziegler":
+            self.beta = adaptive_kl_coef(self.beta, seq_kl, cfg.kl_target, cfg.kl_horizon, n)
+        elif cfg.adaptive_kl:
+            self.beta = predictive_kl_coef(self.beta, seq_kl, self.kl_prev, cfg.kl_target, cfg.kl_horizon, n)
+        self.kl_prev = seq_kl
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -761,6 +813,7 @@ def train_ppo(cfg: PPOConfig, stop_after: int | None = None, log=print) -> Path:
     # 4. Optimiser (policy and critic together), schedule, prompt order, and an interrupted run's state.
     optimizer, scheduler, stream, step = run.start(ppo.trained(), cfg, len(train_records))
     ppo.beta = run.resumed_state.get("beta", cfg.kl_coef)
+    ppo.kl_prev = run.resumed_state.get("kl_prev")
     total_steps = run.total_steps
     log(
         f"{len(train_records)} prompts, {len(eval_records)} held out; {total_steps} PPO steps of {cfg.rollout_size}"
@@ -820,7 +873,7 @@ def train_ppo(cfg: PPOConfig, stop_after: int | None = None, log=print) -> Path:
             run.bar.set_postfix(score=f"{roll_stats['score']:+.2f}", kl=f"{roll_stats['kl']:.2f}")
         if eval_records and run.due(step, cfg.run.eval_every):
             evaluate(step)
-        run.checkpoint(step, ppo.trained(), tok, optimizer, scheduler, stream, extra={"beta": ppo.beta})
+        run.checkpoint(step, ppo.trained(), tok, optimizer, scheduler, stream, extra={"beta": ppo.beta, "kl_prev": ppo.kl_prev})
         if run.interrupted(step):
             return run.dir
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from pydantic import Field
 from rlhf import data as rdata
 from rlhf.losses import bradley_terry_loss
 from rlhf.modeling import (
+    ENSEMBLE_FILE,
     count_parameters,
     load_reward_model,
     load_tokenizer,
@@ -52,6 +54,7 @@ from rlhf.training import (
     Sources,
     StageRun,
     TrainConfig,
+    atomic_dir,
     autocast,
     load_splits,
     resolve_device,
@@ -83,6 +86,10 @@ class RMConfig(TrainConfig):
         True, description="score each micro-batch packed end to end, without padding (decoders)"
     )
     stats_responses: int = Field(2000, ge=2, description="training responses scored for reward_stats.json")
+    members: int = Field(
+        1, ge=1, description="an ensemble of this many reward models (member k: run.seed + k), see train_rm"
+    )
+    bootstrap: bool = Field(False, description="each ensemble member trains on a bootstrap resample of the pairs")
     optim: OptimSettings = Field(default_factory=lambda: OptimSettings(lr=5e-4))
     run: RunSettings = Field(default_factory=lambda: RunSettings(output_dir="runs/rm-lab"))
 
@@ -321,6 +328,9 @@ def load_pairs(cfg: RMConfig, tokenizer, log) -> tuple[list[Pair], list[Pair]]:
         out.append(kept)
     if not out[0]:
         raise ValueError(f"{cfg.data}: no training pair left")
+    if cfg.bootstrap:  # n pairs drawn with replacement, by this member's seed
+        rng = random.Random(cfg.run.seed)
+        out[0] = [out[0][i] for i in rng.choices(range(len(out[0])), k=len(out[0]))]
     return out[0], out[1]
 
 
@@ -360,8 +370,34 @@ def evaluate_saved(
 # ---------------------------------------------------------------------------------------------------
 
 
+def train_ensemble(cfg: RMConfig, stop_after: int | None, log) -> Path:
+    """``members`` reward models, then ``final/ensemble.json`` naming them (see :func:`train_rm`)."""
+    out = Path(cfg.run.output_dir)
+    members = []
+    for k in range(cfg.members):
+        run = cfg.run.model_copy(update={"seed": cfg.run.seed + k, "output_dir": str(out / f"member-{k}")})
+        member = cfg.model_copy(update={"members": 1, "run": run})
+        if not (Path(run.output_dir) / "final").is_dir():
+            log(f"== reward model {k + 1} of {cfg.members} (seed {run.seed}) ==")
+            final = train_rm(member, stop_after, log)
+            if final.name != "final":  # interrupted: a rerun resumes this member
+                return out
+        members.append(f"../member-{k}/final")
+    with atomic_dir(out / "final") as tmp:
+        (tmp / ENSEMBLE_FILE).write_text(json.dumps({"members": members}, indent=2))
+    return out / "final"
+
+
 def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
-    """Train the reward model; return the final folder. ``stop_after``: as in ``rlhf.sft.train_sft``."""
+    """Train the reward model; return the final folder. ``stop_after``: as in ``rlhf.sft.train_sft``.
+
+    With ``members: K > 1``, K reward models are trained one after another, member k under
+    ``run.output_dir/member-k/`` with seed ``run.seed + k`` (on a bootstrap resample of the pairs with
+    ``bootstrap: true``); ``run.output_dir/final/`` then holds only ``ensemble.json``, the list of the
+    members' folders, which PPO, ``rlhf eval`` and best-of-n read as one ensemble
+    (``rlhf.modeling.reward_model_members``)."""
+    if cfg.members > 1:
+        return train_ensemble(cfg, stop_after, log)
     # 1. Run folder, config.yaml, seeds, device.
     run = StageRun(cfg, "rm", log, stop_after)
     device, log = run.device, run.log

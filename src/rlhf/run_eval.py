@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from rlhf import evaluate as ev
-from rlhf.modeling import load_tokenizer
+from rlhf.modeling import load_tokenizer, reward_model_members
 from rlhf.reward import wilson_interval
 
 
@@ -54,7 +54,7 @@ def evaluate_policies(
     from rlhf.lab.evaluate import EVAL_SEED
     from rlhf.lab.judge import gold_utility, n_words
     from rlhf.lab.world import sample_prompts
-    from rlhf.ppo import RewardModelSpec, Scorer
+    from rlhf.ppo import RewardEnsemble, RewardModelSpec
 
     if baseline not in policies:
         raise ValueError(f"baseline {baseline!r} is not one of the policies {list(policies)}")
@@ -66,8 +66,9 @@ def evaluate_policies(
     scorer = None
     if reward_model:
         first_tok = load_tokenizer(next(iter(policies.values())))
-        scorer = Scorer(RewardModelSpec(path=reward_model, normalize=(Path(reward_model) / "reward_stats.json").exists()),
-                        first_tok, torch.device("cpu"))  # fmt: skip
+        stats = [Path(m) / "reward_stats.json" for m in reward_model_members(reward_model)]
+        scorer = RewardEnsemble(RewardModelSpec(path=reward_model, normalize=all(f.exists() for f in stats)),
+                                first_tok, torch.device("cpu"))  # fmt: skip
     ref_model = _load(reference)[0] if reference else None
 
     def conv(p, r):
@@ -89,13 +90,15 @@ def evaluate_policies(
         if lab:
             gold[name] = [gold_utility(p, t) for p, t in zip(lab_prompts, texts)]
             res["gold"] = mean(gold[name])
+            for family in sorted({p.family for p in lab_prompts}):
+                res[f"gold/{family}"] = mean(g for p, g in zip(lab_prompts, gold[name]) if p.family == family)
             probe_texts, _ = ev.sample_with_tokens(
                 model, tok, [p.messages() for p in probes], temperature=temperature, seed=seed + 17 * i + 1
             )
             res.update(ev.lab_probes(probes, probe_texts))
         if scorer is not None:
-            raw = scorer(None, None, [conv(p, t) for p, t in zip(plain, texts)], 32, "cpu", False)
-            rewards[name] = ((raw - scorer.mean) / scorer.std).tolist()
+            members = scorer(None, None, [conv(p, t) for p, t in zip(plain, texts)], 32, "cpu", False)
+            rewards[name] = members.mean(0).tolist()  # an ensemble's members' mean
             res["reward"] = mean(rewards[name])
         if ref_model is not None:
             kl = ev.sequence_kl(model, ref_model, batches, temperature)
@@ -149,16 +152,16 @@ def best_of_n_curve(
     from rlhf.lab.evaluate import EVAL_SEED
     from rlhf.lab.judge import gold_utility
     from rlhf.lab.world import sample_prompts
-    from rlhf.ppo import RewardModelSpec, Scorer
+    from rlhf.ppo import RewardEnsemble, RewardModelSpec
 
     model, tok = _load(policy)
-    scorer = Scorer(RewardModelSpec(path=reward_model), tok, torch.device("cpu"))
+    scorer = RewardEnsemble(RewardModelSpec(path=reward_model), tok, torch.device("cpu"))
     prompts = sample_prompts(n_prompts, EVAL_SEED + 1)
     n = max(ns)
     repeated = [p for p in prompts for _ in range(n)]
     texts, _ = ev.sample_with_tokens(model, tok, [p.messages() for p in repeated], seed=seed + 99)
     convs = [[*p.messages(), {"role": "assistant", "content": t}] for p, t in zip(repeated, texts)]
-    proxy = ((scorer(None, None, convs, 64, "cpu", False) - scorer.mean) / scorer.std).tolist()
+    proxy = scorer(None, None, convs, 64, "cpu", False).mean(0).tolist()
     gold = [gold_utility(p, t) for p, t in zip(repeated, texts)]
     chunk = lambda xs: [xs[i : i + n] for i in range(0, len(xs), n)]  # noqa: E731
     return ev.best_of_n(chunk(proxy), chunk(gold), ns)
@@ -167,24 +170,44 @@ def best_of_n_curve(
 def evaluate_run(cfg, stages: dict[str, Any], log=print) -> Path:
     """The evaluation stage of ``rlhf run``: SFT (baseline and reference) against PPO, best-of-n, and the
     over-optimisation trace of the PPO run; written to ``runs/<name>/eval.json``."""
-    from rlhf.training import atomic_file, read_metrics
+    from rlhf.training import atomic_file
 
-    d = cfg.dir
-    sft, ppo, rm = str(d / "sft" / "final"), str(d / "ppo" / "final"), str(d / "rm" / "final")
+    d, last = cfg.dir, cfg.final_round  # the last round's policy and reward model
+    sft = str(d / "sft" / "final")
+    ppo, rm = str(cfg.stage_dir(f"ppo{last}") / "final"), str(cfg.stage_dir(f"rm{last}") / "final")
     result = evaluate_policies(
         {"sft": sft, "ppo": ppo}, baseline="sft", reference=sft, reward_model=rm, n_prompts=cfg.eval.prompts,
         xstest=cfg.eval.xstest, samples_shown=cfg.eval.samples_shown, seed=cfg.seed, log=log,
     )  # fmt: skip
     log("eval: best-of-n")
     result["best_of_n"] = best_of_n_curve(sft, rm, cfg.eval.best_of_n, cfg.eval.best_of_n_prompts, cfg.seed)
-    result["ppo_trace"] = [
-        {k: row[k] for k in ("step", "kl", "score", "gold", "beta", "response_tokens") if k in row}
-        for row in read_metrics(d / "ppo")
-        if row["split"] == "train"
-    ]
+    result["ppo_trace"] = ppo_trace(cfg)
+    if (d / "rounds.json").exists():
+        result["rounds"] = json.loads((d / "rounds.json").read_text())
     with atomic_file(d / "eval.json") as f:
         json.dump(result, f, indent=1)
     return d / "eval.json"
+
+
+def ppo_trace(cfg) -> list[dict]:
+    """The PPO runs' training rows, the rounds one after another (``step`` counts on across rounds,
+    ``round`` says which)."""
+    from rlhf.training import read_metrics
+
+    keys = ("kl", "score", "gold", "beta", "response_tokens")
+    trace, offset = [], 0
+    for r in range(1, cfg.rounds + 1):
+        rows = [
+            row
+            for row in read_metrics(cfg.stage_dir("ppo" if r == 1 else f"ppo-{r}"))
+            if row["split"] == "train"
+        ]
+        trace += [
+            {"step": offset + row["step"], "round": r, **{k: row[k] for k in keys if k in row}}
+            for row in rows
+        ]
+        offset += max((row["step"] for row in rows), default=0)
+    return trace
 
 
 def metric_names(result: dict[str, Any], skip_prefix: str | None = None) -> list[str]:

@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 
 from rlhf import data as rdata
 from rlhf.losses import sft_loss
-from rlhf.modeling import count_parameters, load_causal_lm, load_tokenizer, prepare_for_training
+from rlhf.modeling import count_parameters, lab_seed, load_causal_lm, load_tokenizer, prepare_for_training
 from rlhf.training import (
     RunSettings,
     StageRun,
@@ -65,7 +65,7 @@ class SFTConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _check(self) -> SFTConfig:
-        if self.gguf_file and self.model == "lab":
+        if self.gguf_file and lab_seed(self.model) is not None:
             raise ValueError("gguf_file needs `model` to be the folder that holds it")
         return self
 
@@ -264,7 +264,7 @@ def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
     # 4. Optimiser, schedule, data order, and the state of an interrupted run.
     lengths = [len(e.input_ids) for e in train]
     optimizer, scheduler, stream, step = run.start(model, cfg, len(train), lengths)
-    lab_eval = cfg.model == "lab" and cfg.lab_eval_prompts > 0
+    lab_eval = lab_seed(cfg.model) is not None and cfg.lab_eval_prompts > 0
     if step == 0 and lab_eval:
         run.metrics.log(0, "eval", **lab_gold(model, tokenizer, cfg.lab_eval_prompts))
 
