@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf import data as rdata
@@ -445,3 +446,25 @@ def test_lora_score_head_survives_save_and_load(tmp_path, lab_prefs, lab_base_pa
     assert not torch.equal(
         with_adapters.base_model.model.score.modules_to_save["default"].weight, head_before
     )
+
+
+def test_rm_eval_takes_the_skip_policy_on_real_hh_data(lab_base_path):
+    """7 of the 1,800 shared HH-RLHF rows are malformed: `rlhf rm-eval` stops at the first, located, or with
+    --on-error skip scores the rest and counts the skipped rows by reason."""
+    from click.testing import CliRunner
+
+    from rlhf.cli import main
+
+    hh = shared_file("hh-rlhf-harmless-base.sample.jsonl.gz")
+    args = [
+        "rm-eval",
+        str(lab_base_path),
+        str(hh),
+        "--max-length",
+        "48",
+    ]  # an untrained score head: any model
+    stopped = CliRunner().invoke(main, args)
+    assert stopped.exit_code == 1 and f"error: {hh}:67: field 'chosen'" in stopped.output
+    result = CliRunner().invoke(main, [*args, "--on-error", "skip"])
+    assert result.exit_code == 0, result.output
+    assert "loaded 1793 of 1800 rows (implicit_preference); skipped 7:" in result.output
