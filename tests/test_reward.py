@@ -352,6 +352,28 @@ def test_collect_is_reproducible(tmp_path, lab_base_path):
     assert (runs[0] / "train.jsonl").read_text() == (runs[1] / "train.jsonl").read_text()
 
 
+def test_collect_writes_ties_beside_the_pairs(tmp_path, lab_base_path):
+    """With ties on, train.jsonl / eval.jsonl hold decisive pairs only (any TRL preference trainer may read
+    them); the tied pairs go to train_ties.jsonl / eval_ties.jsonl, which the reward model reads as ties."""
+    cfg = CollectConfig(
+        policy=str(lab_base_path), prompts=60, k=4, tie_prob=0.5, output_dir=str(tmp_path), seed=2
+    )
+    out = collect(cfg, log=lambda *_: None)
+    summary = json.loads((out / "summary.json").read_text())
+    for split in ("train", "eval"):
+        pairs, _ = rdata.load_preferences(out / f"{split}.jsonl")
+        ties, _ = rdata.load_preferences(out / f"{split}_ties.jsonl")
+        assert not any(p.meta["tie"] for p in pairs) and all(t.meta["tie"] for t in ties)
+        assert len(pairs) + len(ties) == summary[split]["pairs"]
+        assert len(ties) / summary[split]["pairs"] == pytest.approx(summary[split]["tie_rate"])
+    tok = AutoTokenizer.from_pretrained(lab_base_path)
+    assert tokenize_pair(ties[0], tok, 128).tie  # read as a tie, as the loss and the evaluation expect
+    without = collect(
+        cfg.model_copy(update={"tie_prob": 0.0, "output_dir": str(tmp_path / "none")}), log=lambda *_: None
+    )
+    assert not list(without.glob("*_ties.jsonl"))
+
+
 def _rm_cfg(tmp_path: Path, prefs: Path, base: Path, name: str, *overrides: str) -> RMConfig:
     return load_config(
         RMConfig,

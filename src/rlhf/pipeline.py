@@ -71,7 +71,7 @@ class RunConfig(StageConfig):
 def stage_configs(cfg: RunConfig) -> dict[str, Any]:
     """Every stage's validated config, wired together (built before anything runs, so that a typo in
     any stage's section stops the run at once)."""
-    from rlhf.collect import CollectConfig
+    from rlhf.collect import CollectConfig, tie_file
     from rlhf.ppo import PPOConfig
     from rlhf.reward import RMConfig
     from rlhf.sft import SFTConfig
@@ -123,9 +123,13 @@ def stage_configs(cfg: RunConfig) -> dict[str, Any]:
             )
         return validate_config(cls, values, f"run config, section `{section}`")
 
+    collect = make(CollectConfig, "collect")
+    if collect.tie_prob:  # the tied pairs are written beside the decisive ones; the reward model reads both
+        wired["rm"]["data"] = [wired["rm"]["data"], str(d / "prefs" / tie_file("train"))]
+        wired["rm"]["eval_data"] = [wired["rm"]["eval_data"], str(d / "prefs" / tie_file("eval"))]
     return {
         "sft": make(SFTConfig, "sft"),
-        "collect": make(CollectConfig, "collect"),
+        "collect": collect,
         "rm": make(RMConfig, "rm"),
         "ppo": make(PPOConfig, "ppo"),
     }
