@@ -131,6 +131,10 @@ def test_run_config_checks_every_stage_section_before_anything_runs():
     # where the reward model reads.
     assert stages["collect"].prompts == CollectConfig().prompts and stages["collect"].seed == 0
     assert stages["collect"].output_dir == "runs/x/prefs" and stages["rm"].data == "runs/x/prefs/train.jsonl"
+    # With ties on, the reward model reads each split's tied pairs beside its decisive ones.
+    tied = stage_configs(load_config(RunConfig, None, ["name=x", "collect.tie_prob=0.2"]))
+    assert tied["rm"].data == ["runs/x/prefs/train.jsonl", "runs/x/prefs/train_ties.jsonl"]
+    assert tied["rm"].eval_data == ["runs/x/prefs/eval.jsonl", "runs/x/prefs/eval_ties.jsonl"]
     seeded = stage_configs(load_config(RunConfig, None, ["name=x", "seed=3", "collect.seed=5"]))
     assert seeded["collect"].seed == 5 and seeded["sft"].run.seed == 3
     # A key that connects the stages is the run's: setting it in a section is an error, not ignored.

@@ -26,6 +26,7 @@ from rlhf.data import (
     PromptCompletion,
     PromptOnly,
     detect_format,
+    load_any,
     load_preferences,
     load_prompts,
     load_sft,
@@ -682,3 +683,438 @@ def test_to_row_writes_plain_trl_rows() -> None:
     assert row == {**EQUIVALENT_PAIRS["explicit_conversational"], "margin": 1.0, "id": 5}
     assert all(type(m) is dict for m in row["prompt"] + row["chosen"] + row["rejected"])
     assert to_row(LMExample(messages=conv(Q1))) == {"messages": [Q1]}
+
+
+# --- every shape of TRL's dataset formats: read as TRL reads it, or refused by name -------------------------
+#
+# One row of each shape that TRL documents (docs/source/dataset_formats.md) or uses in its data-utils tests
+# (tests/test_data_utils.py): our own text, TRL's structure. Each expectation is what TRL's conversion gives
+# for the row, written out by hand, so these tests need no TRL: the comment of each names the TRL function
+# (or documented conversion) it mirrors. A refusal must name the shape and say what is read instead.
+
+SYS, DEV = msg("system", "Answer in one word."), msg("developer", "Keep it short.")
+LAKE = msg("user", "Which lake is deepest?")
+
+
+def think(content: str, thought: str, key: str = "thinking") -> dict[str, str]:
+    return {"role": "assistant", key: thought, "content": content}
+
+
+SHAPES = {
+    # (row, {loader name: expected record | ("refused", fragments...)})
+    # Language modelling: SFTTrainer renders `messages` whole (apply_chat_template's "text").
+    "lm_standard": ({"text": "Ice floats."}, {"sft": LMExample(text="Ice floats.")}),
+    "lm_conversational_system_developer": (
+        {"messages": [SYS, DEV, LAKE, msg("assistant", "Baikal.")]},
+        {"sft": LMExample(messages=conv(SYS, DEV, LAKE, msg("assistant", "Baikal.")))},
+    ),
+    "lm_harmony_thinking": (  # TRL's "language modeling with harmony": `thinking` on the assistant message
+        {"messages": [SYS, LAKE, think("Baikal.", "Baikal is 1,642 m deep.")]},
+        {
+            "sft": LMExample(
+                messages=(
+                    Message(**SYS),
+                    Message(**LAKE),
+                    Message(**think("Baikal.", "Baikal is 1,642 m deep.")),
+                )
+            )
+        },
+    ),
+    "lm_sharegpt": (  # maybe_convert_to_chatml: from/value -> role/content, conversations -> messages
+        {"conversations": [{"from": "user", "value": "Hi"}, {"from": "assistant", "value": "Hello."}]},
+        {"sft": LMExample(messages=conv(msg("user", "Hi"), msg("assistant", "Hello.")))},
+    ),
+    # Prompt-only: the generation prompt follows a user message (apply_chat_template).
+    "prompt_only_standard": ({"prompt": "Ice is"}, {"prompts": PromptOnly("Ice is")}),
+    "prompt_only_multi_turn": (
+        {"prompt": [SYS, msg("user", "Hi"), msg("assistant", "Hello."), LAKE]},
+        {"prompts": PromptOnly(conv(SYS, msg("user", "Hi"), msg("assistant", "Hello."), LAKE))},
+    ),
+    "prompt_ends_with_system": (  # apply_chat_template raises "Invalid role in the last message: system"
+        {"prompt": [LAKE, SYS]},
+        {"prompts": ("refused", "field 'prompt'", "ends with a system message")},
+    ),
+    "prompt_ends_with_developer": (
+        {"prompt": [DEV]},
+        {"prompts": ("refused", "field 'prompt'", "ends with a developer message")},
+    ),
+    "prompt_only_prefill": (  # rollouts start a new assistant turn, so a prefill is refused there
+        {"prompt": [LAKE, msg("assistant", "Lake")]},
+        {"prompts": ("refused", "prefill", "load_prompts reads prompts that end with a user message")},
+    ),
+    # Prompt-completion.
+    "prompt_completion_standard": (
+        {"prompt": "Ice is", "completion": " cold."},
+        {"sft": PromptCompletion("Ice is", " cold."), "prompts": PromptOnly("Ice is")},
+    ),
+    "prompt_completion_reasoning_content": (  # Qwen-style `reasoning_content` on the completion
+        {"prompt": [LAKE], "completion": [think("Baikal.", "The deepest is Baikal.", "reasoning_content")]},
+        {
+            "sft": PromptCompletion(
+                conv(LAKE), (Message("assistant", "Baikal.", reasoning_content="The deepest is Baikal."),)
+            )
+        },
+    ),
+    "prompt_completion_prefill": (  # the prompt's last assistant message is continued (continue_final_message)
+        {"prompt": [LAKE, msg("assistant", "Lake")], "completion": [msg("assistant", " Baikal.")]},
+        {"sft": PromptCompletion(conv(LAKE, msg("assistant", "Lake")), conv(msg("assistant", " Baikal.")))},
+    ),
+    "prefill_continuation_with_reasoning": (
+        {"prompt": [LAKE, msg("assistant", "Lake")], "completion": [think(" Baikal.", "Deepest.")]},
+        {"sft": ("refused", "field 'completion'", "continues the prompt's final assistant message")},
+    ),
+    # Preference, explicit prompt.
+    "preference_standard": (
+        {"prompt": "Rivers run", "chosen": " downhill.", "rejected": " uphill."},
+        {
+            "preferences": Preference("Rivers run", " downhill.", " uphill."),
+            "sft": PromptCompletion("Rivers run", " downhill."),  # documented: drop rejected
+            "prompts": PromptOnly("Rivers run"),  # documented: drop chosen and rejected
+        },
+    ),
+    "preference_harmony": (
+        {
+            "prompt": [SYS, LAKE],
+            "chosen": [think("Baikal.", "Deepest.")],
+            "rejected": [think("Tahoe.", "Guess.")],
+        },
+        {
+            "preferences": Preference(
+                conv(SYS, LAKE),
+                (Message("assistant", "Baikal.", thinking="Deepest."),),
+                (Message("assistant", "Tahoe.", thinking="Guess."),),
+            )
+        },
+    ),
+    "string_prompt_beside_conversations": (  # maybe_extract_prompt would ignore the string prompt
+        {
+            "prompt": "Which lake?",
+            "chosen": [LAKE, msg("assistant", "Baikal.")],
+            "rejected": [LAKE, msg("assistant", "Tahoe.")],
+        },
+        {"preferences": ("refused", "field 'chosen'", "drop the 'prompt' column")},
+    ),
+    # Preference, implicit prompt: extract_prompt.
+    "implicit_standard": (  # the longest common prefix, less its final space: "Rivers run"
+        {"chosen": "Rivers run downhill.", "rejected": "Rivers run uphill."},
+        {
+            "preferences": Preference("Rivers run", " downhill.", " uphill."),
+            "sft": PromptCompletion("Rivers run", " downhill."),
+            "prompts": PromptOnly("Rivers run"),
+        },
+    ),
+    "implicit_standard_no_space": (  # the prefix ends inside a word: "The sky is gre" / "en." / "y."
+        {"chosen": "The sky is green.", "rejected": "The sky is grey."},
+        {"preferences": Preference("The sky is gre", "en.", "y.")},
+    ),
+    "implicit_standard_one_starts_the_other": (  # extract_prompt would cut inside the shared text
+        {"chosen": "Yes.", "rejected": "Yes. Sure."},
+        {"preferences": ("refused", "chosen is the start of the other", "add a 'prompt' field")},
+    ),
+    "implicit_conversational_multi_turn": (  # the shared leading messages are the prompt
+        {
+            "chosen": [SYS, msg("user", "Hi"), msg("assistant", "Hello."), LAKE, msg("assistant", "Baikal.")],
+            "rejected": [
+                SYS,
+                msg("user", "Hi"),
+                msg("assistant", "Hello."),
+                LAKE,
+                msg("assistant", "Tahoe."),
+            ],
+        },
+        {
+            "preferences": Preference(
+                conv(SYS, msg("user", "Hi"), msg("assistant", "Hello."), LAKE),
+                conv(msg("assistant", "Baikal.")),
+                conv(msg("assistant", "Tahoe.")),
+            )
+        },
+    ),
+    "implicit_harmony": (  # messages compare with their thinking: the responses differ in both
+        {
+            "chosen": [SYS, LAKE, think("Baikal.", "Deepest.")],
+            "rejected": [SYS, LAKE, think("Tahoe.", "Guess.")],
+        },
+        {
+            "preferences": Preference(
+                conv(SYS, LAKE),
+                (Message("assistant", "Baikal.", thinking="Deepest."),),
+                (Message("assistant", "Tahoe.", thinking="Guess."),),
+            )
+        },
+    ),
+    "implicit_two_assistant_messages": (  # extract_prompt splits at the first differing message
+        {
+            "chosen": [LAKE, msg("assistant", "Baikal."), msg("assistant", "In Siberia.")],
+            "rejected": [LAKE, msg("assistant", "Tahoe."), msg("assistant", "In Nevada.")],
+        },
+        {
+            "preferences": Preference(
+                conv(LAKE),
+                conv(msg("assistant", "Baikal."), msg("assistant", "In Siberia.")),
+                conv(msg("assistant", "Tahoe."), msg("assistant", "In Nevada.")),
+            )
+        },
+    ),
+    "implicit_shared_assistant_message": (  # the split prompt would end with an assistant message
+        {
+            "chosen": [LAKE, msg("assistant", "Baikal."), msg("assistant", "Yes.")],
+            "rejected": [LAKE, msg("assistant", "Baikal."), msg("assistant", "No.")],
+        },
+        {"preferences": ("refused", "share assistant message 2", "add a 'prompt' field")},
+    ),
+    # Unpaired preference: SFT keeps the label-true rows ("from unpaired preference to prompt-completion"),
+    # prompts keep every row ("... to prompt-only"); pairs cannot be made of one row: KTO/BCO read it.
+    "unpaired_standard_true": (
+        {"prompt": "Ice is", "completion": " cold.", "label": True},
+        {
+            "sft": PromptCompletion("Ice is", " cold."),
+            "prompts": PromptOnly("Ice is"),
+            "preferences": (
+                "refused",
+                "not unpaired_preference",
+                "KTO and BCO",
+                "{prompt, chosen, rejected}",
+            ),
+        },
+    ),
+    "unpaired_conversational_false": (
+        {"prompt": [LAKE], "completion": [msg("assistant", "Tahoe.")], "label": False},
+        {"sft": ("left out", "label false"), "prompts": PromptOnly(conv(LAKE))},
+    ),
+    "unpaired_bad_label": (
+        {"prompt": "Ice is", "completion": " cold.", "label": "yes"},
+        {"sft": ("refused", "field 'label'", "expected true or false")},
+    ),
+    # Stepwise supervision: SFT keeps rows whose steps are all true, joined ("... to prompt-completion").
+    "stepwise_all_true": (
+        {"prompt": "Is 9.8 > 9.11?", "completions": [" 0.8 > 0.11,", " so yes."], "labels": [True, True]},
+        {
+            "sft": PromptCompletion("Is 9.8 > 9.11?", " 0.8 > 0.11, so yes."),
+            "prompts": PromptOnly("Is 9.8 > 9.11?"),
+            "preferences": (
+                "refused",
+                "not stepwise_supervision",
+                "PRM trainer",
+                "{prompt, chosen, rejected}",
+            ),
+        },
+    ),
+    "stepwise_one_false": (
+        {"prompt": "Is 9.8 > 9.11?", "completions": [" 0.11 > 0.8,", " so no."], "labels": [False, False]},
+        {"sft": ("left out", "a step labelled false")},
+    ),
+    "stepwise_labels_mismatch": (
+        {"prompt": "Is 9.8 > 9.11?", "completions": [" yes."], "labels": [True, False]},
+        {"sft": ("refused", "field 'labels'", "one true or false per step (1), got 2")},
+    ),
+    # Tool use (TRL's "preference with tool calls", "tool calling" docs): refused by name.
+    "tool_calls": (
+        {
+            "prompt": [LAKE],
+            "chosen": [
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"type": "function", "function": {"name": "depth", "arguments": {"lake": "Baikal"}}}
+                    ],
+                },
+                {"role": "tool", "name": "depth", "content": "1642"},
+                msg("assistant", "Baikal."),
+            ],
+            "rejected": [msg("assistant", "Tahoe.")],
+        },
+        {
+            "preferences": (
+                "refused",
+                "field 'chosen'",
+                "message 1",
+                "'tool_calls'",
+                "tool use is not supported",
+            )
+        },
+    ),
+    "tool_message": (
+        {
+            "messages": [
+                LAKE,
+                {"role": "tool", "name": "depth", "content": "1642"},
+                msg("assistant", "Baikal."),
+            ]
+        },
+        {"sft": ("refused", "field 'messages'", "message 2", "role 'tool'", "tool use is not supported")},
+    ),
+    "tools_column": (
+        {
+            "messages": [LAKE, msg("assistant", "Baikal.")],
+            "tools": [{"type": "function", "function": {"name": "depth"}}],
+        },
+        {"sft": ("refused", "field 'tools'", "tool use is not supported")},
+    ),
+    # chat_template_kwargs: kept with the row, passed to the chat template (tested in test_sft.py).
+    "chat_template_kwargs": (
+        {
+            "prompt": [LAKE],
+            "completion": [msg("assistant", "Baikal.")],
+            "chat_template_kwargs": {"enable_thinking": False},
+        },
+        {
+            "sft": PromptCompletion(
+                conv(LAKE),
+                conv(msg("assistant", "Baikal.")),
+                meta={"chat_template_kwargs": {"enable_thinking": False}},
+            )
+        },
+    ),
+    "chat_template_kwargs_standard": (
+        {"prompt": "Ice is", "completion": " cold.", "chat_template_kwargs": {"enable_thinking": False}},
+        {"sft": ("refused", "field 'chat_template_kwargs'", "not rendered with a chat template")},
+    ),
+    # Extra columns are kept in meta; extra message keys are refused, never dropped.
+    "extra_columns": (
+        {"prompt": "Ice is", "completion": " cold.", "id": 3, "source": "notes"},
+        {"sft": PromptCompletion("Ice is", " cold.", meta={"id": 3, "source": "notes"})},
+    ),
+    "extra_message_key": (
+        {"messages": [{"role": "user", "content": "Hi", "name": "Ann"}, msg("assistant", "Hello.")]},
+        {"sft": ("refused", "field 'messages'", "message 1", "key 'name' is not read")},
+    ),
+    "thinking_on_user_message": (
+        {"messages": [{"role": "user", "content": "Hi", "thinking": "Hmm."}, msg("assistant", "Hello.")]},
+        {"sft": ("refused", "message 1", "'thinking' on a user message")},
+    ),
+    "structured_content": (  # vision datasets: content is a list of typed parts
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                msg("assistant", "Hello."),
+            ]
+        },
+        {"sft": ("refused", "message 1", "structured content")},
+    ),
+}
+LOADERS = {"sft": load_sft, "prompts": load_prompts, "preferences": load_preferences}
+SHAPE_CASES = [(name, loader) for name, (_, expected) in SHAPES.items() for loader in expected]
+
+
+@pytest.mark.parametrize(
+    ("shape", "loader"), SHAPE_CASES, ids=[f"{shape}-{loader}" for shape, loader in SHAPE_CASES]
+)
+def test_every_trl_shape_is_read_as_trl_reads_it_or_refused_by_name(tmp_path: Path, shape: str, loader: str):
+    row, expected = SHAPES[shape][0], SHAPES[shape][1][loader]
+    path = tmp_path / "shape.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    load = LOADERS[loader]
+    if isinstance(expected, tuple) and expected[0] == "refused":
+        with pytest.raises(DataError) as caught:
+            load(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path}:1: "), message
+        for fragment in expected[1:]:
+            assert fragment in message, message
+    elif isinstance(expected, tuple):  # valid rows that this loader's reading of the shape leaves out
+        with pytest.raises(DataError, match="no usable rows") as caught:
+            load(path)
+        assert f"left out 2: {expected[1]}" in str(caught.value)
+    else:
+        records, report = load(path)
+        assert (report.n_loaded, report.n_skipped, report.n_left_out) == (2, 0, 0)
+        assert type(records[0]) is type(expected)
+        assert to_row(records[0]) == to_row(expected)  # field by field, messages as plain dicts
+        assert records[0] == expected
+
+
+def test_every_shape_is_listed_by_data_inspect_as_its_own_format(tmp_path: Path) -> None:
+    """``load_any`` reads each valid shape as its own record, and ``to_row`` writes it back unchanged."""
+    for name, (row, expected) in SHAPES.items():
+        if any(isinstance(e, tuple) and e[0] == "refused" for e in expected.values()):
+            continue
+        ((record,), _) = load_any([row])
+        assert parse_row(to_row(record)) == record, name
+
+
+def test_unpaired_and_stepwise_rows_left_out_are_counted(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "Ice is", "completion": " cold.", "label": True},
+        {"prompt": "Ice is", "completion": " hot.", "label": False},
+        {"prompt": "Fire is", "completion": " hot.", "label": True},
+        {"prompt": "Fire is", "completion": 5, "label": True},
+    ]
+    records, report = load_sft(rows, on_error="skip")
+    assert records == [PromptCompletion("Ice is", " cold."), PromptCompletion("Fire is", " hot.")]
+    assert (report.n_rows, report.n_loaded, report.n_left_out, report.n_skipped) == (4, 2, 1, 1)
+    assert report.summary() == (
+        "loaded 2 of 4 rows (unpaired_preference); left out 1: label false (1); "
+        "skipped 1: wrong type for 'completion' (1)"
+    )
+    prompts, report = load_prompts(rows[:3])  # every row's prompt, as TRL's documented conversion
+    assert [p.prompt for p in prompts] == ["Ice is", "Ice is", "Fire is"]
+
+
+def test_message_reasoning_is_part_of_the_message() -> None:
+    message = Message("assistant", "Baikal.", thinking="Deepest.")
+    assert message == {"role": "assistant", "content": "Baikal.", "thinking": "Deepest."}
+    assert message != Message("assistant", "Baikal.") and hash(message) != hash(
+        Message("assistant", "Baikal.")
+    )
+    assert pickle.loads(pickle.dumps(message)) == message and copy.deepcopy(message) == message
+    with pytest.raises(DataError, match="both 'thinking' and 'reasoning_content'"):
+        parse_row({"messages": [LAKE, {**think("Baikal.", "a"), "reasoning_content": "b"}]})
+
+
+def test_null_message_keys_count_as_absent(tmp_path: Path) -> None:
+    """Parquet gives every message every key of the column: a null ``thinking`` is no reasoning."""
+    rows = [
+        {"messages": [LAKE, think("Baikal.", "Deepest.")]},
+        {"messages": [LAKE, msg("assistant", "Tahoe.")]},
+    ]
+    source, _ = write_source(tmp_path, "parquet", rows)
+    records, _ = load_sft(source)
+    assert records[1].messages == conv(LAKE, msg("assistant", "Tahoe."))
+    assert records[0].messages[1] == think("Baikal.", "Deepest.")
+
+
+# --- `rlhf data inspect`: every bad row is reported alike, wherever it is ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first_line", "problem"),
+    [
+        (b'{"prompt": "Ice is", ', "bad JSON"),
+        (json.dumps({"question": "Ice is"}).encode(), "unrecognised row format"),
+        (json.dumps({"prompt": "Ice is", "completion": 3}).encode(), "field 'completion'"),
+    ],
+    ids=["bad_json", "unknown_format", "bad_field"],
+)
+def test_data_inspect_reports_a_bad_first_row_like_any_other(tmp_path: Path, first_line: bytes, problem: str):
+    from click.testing import CliRunner
+
+    from rlhf.cli import main
+
+    good = json.dumps({"prompt": "Ice is", "completion": " cold."}).encode()
+    path = tmp_path / "rows.jsonl"
+    for lines, bad_line in (([first_line, good, good], 1), ([good, first_line, good], 2)):
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        result = CliRunner().invoke(main, ["data", "inspect", str(path)])
+        assert result.exit_code == 1 and f"error: {path}:{bad_line}: {problem}" in result.output, (
+            result.output
+        )
+        assert "--on-error skip" in result.output
+        result = CliRunner().invoke(main, ["data", "inspect", str(path), "--on-error", "skip", "--show", "0"])
+        assert result.exit_code == 0, result.output
+        assert "loaded 2 of 3 rows (prompt_completion); skipped 1" in result.output
+        assert f"skipped: {path}:{bad_line}: {problem}" in result.output
+
+
+def test_data_inspect_reads_every_shape_as_its_own(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rlhf.cli import main
+
+    path = tmp_path / "unpaired.jsonl"
+    write_jsonl(
+        [SHAPES["unpaired_standard_true"][0], {**SHAPES["unpaired_standard_true"][0], "label": False}], path
+    )
+    result = CliRunner().invoke(main, ["data", "inspect", str(path), "--show", "2"])
+    assert result.exit_code == 0 and "loaded 2 of 2 rows (unpaired_preference)" in result.output
+    assert '"label": false' in result.output  # shown as the row it is, label included

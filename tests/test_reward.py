@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf import data as rdata
@@ -355,6 +356,28 @@ def test_collect_is_reproducible(tmp_path, lab_base_path):
     assert (runs[0] / "train.jsonl").read_text() == (runs[1] / "train.jsonl").read_text()
 
 
+def test_collect_writes_ties_beside_the_pairs(tmp_path, lab_base_path):
+    """With ties on, train.jsonl / eval.jsonl hold decisive pairs only (any TRL preference trainer may read
+    them); the tied pairs go to train_ties.jsonl / eval_ties.jsonl, which the reward model reads as ties."""
+    cfg = CollectConfig(
+        policy=str(lab_base_path), prompts=60, k=4, tie_prob=0.5, output_dir=str(tmp_path), seed=2
+    )
+    out = collect(cfg, log=lambda *_: None)
+    summary = json.loads((out / "summary.json").read_text())
+    for split in ("train", "eval"):
+        pairs, _ = rdata.load_preferences(out / f"{split}.jsonl")
+        ties, _ = rdata.load_preferences(out / f"{split}_ties.jsonl")
+        assert not any(p.meta["tie"] for p in pairs) and all(t.meta["tie"] for t in ties)
+        assert len(pairs) + len(ties) == summary[split]["pairs"]
+        assert len(ties) / summary[split]["pairs"] == pytest.approx(summary[split]["tie_rate"])
+    tok = AutoTokenizer.from_pretrained(lab_base_path)
+    assert tokenize_pair(ties[0], tok, 128).tie  # read as a tie, as the loss and the evaluation expect
+    without = collect(
+        cfg.model_copy(update={"tie_prob": 0.0, "output_dir": str(tmp_path / "none")}), log=lambda *_: None
+    )
+    assert not list(without.glob("*_ties.jsonl"))
+
+
 def _rm_cfg(tmp_path: Path, prefs: Path, base: Path, name: str, *overrides: str) -> RMConfig:
     return load_config(
         RMConfig,
@@ -454,3 +477,25 @@ def test_lora_score_head_survives_save_and_load(tmp_path, lab_prefs, lab_base_pa
     assert not torch.equal(
         with_adapters.base_model.model.score.modules_to_save["default"].weight, head_before
     )
+
+
+def test_rm_eval_takes_the_skip_policy_on_real_hh_data(lab_base_path):
+    """7 of the 1,800 shared HH-RLHF rows are malformed: `rlhf rm-eval` stops at the first, located, or with
+    --on-error skip scores the rest and counts the skipped rows by reason."""
+    from click.testing import CliRunner
+
+    from rlhf.cli import main
+
+    hh = shared_file("hh-rlhf-harmless-base.sample.jsonl.gz")
+    args = [
+        "rm-eval",
+        str(lab_base_path),
+        str(hh),
+        "--max-length",
+        "48",
+    ]  # an untrained score head: any model
+    stopped = CliRunner().invoke(main, args)
+    assert stopped.exit_code == 1 and f"error: {hh}:67: field 'chosen'" in stopped.output
+    result = CliRunner().invoke(main, [*args, "--on-error", "skip"])
+    assert result.exit_code == 0, result.output
+    assert "loaded 1793 of 1800 rows (implicit_preference); skipped 7:" in result.output

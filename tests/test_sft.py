@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf import data as rdata
 from rlhf.config import load_config
 from rlhf.losses import sft_loss
-from rlhf.sft import Example, SFTConfig, collate, fit_length, pack, tokenize, train_sft
+from rlhf.sft import (
+    Example,
+    SFTConfig,
+    collate,
+    continued,
+    fit_length,
+    pack,
+    prompt_text,
+    tokenize,
+    train_sft,
+)
 from rlhf.training import Stream, list_checkpoints, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +96,58 @@ def test_tokenize_standard_strings_and_preferences(tok):
     assert _learned(tok, ex) == " 2.<|end|>"
     pair = rdata.parse_row({"prompt": "Say yes.", "chosen": " Yes.", "rejected": " No."})
     assert _learned(tok, tokenize(pair, tok)) == " Yes.<|end|>"  # SFT on preference data uses the chosen
+
+
+def test_a_prefill_is_continued_by_the_completion(tok):
+    """A prompt ending with an assistant message: the prompt is rendered as TRL's apply_chat_template
+    renders it (``continue_final_message``: the message left open) and the completion continues that
+    message, so only what follows the prefill is learned."""
+    lake = {"role": "user", "content": "Which lake is deepest?"}
+    record = rdata.parse_row(
+        {
+            "prompt": [lake, {"role": "assistant", "content": "Lake"}],
+            "completion": [{"role": "assistant", "content": " Baikal."}],
+        }
+    )
+    assert prompt_text(tok, record.prompt) == "<|bos|><|user|>Which lake is deepest?<|end|><|assistant|>Lake"
+    ex = tokenize(record, tok)
+    assert (
+        tok.decode(ex.input_ids)
+        == "<|bos|><|user|>Which lake is deepest?<|end|><|assistant|>Lake Baikal.<|end|>"
+    )
+    assert _learned(tok, ex) == " Baikal.<|end|>"
+    assert continued([lake], [{"role": "assistant", "content": "Hi."}]) == [
+        lake,
+        {"role": "assistant", "content": "Hi."},
+    ]
+
+
+# A template that renders `thinking` only when asked to, through a chat template argument.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{% if m.get('thinking') and think %}<think>{{ m['thinking'] }}"
+    "</think>{% endif %}{{ m['content'] }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_chat_template_kwargs_and_reasoning_reach_the_template(tok):
+    thinker = copy.deepcopy(tok)
+    thinker.chat_template = THINKING_TEMPLATE
+    row = {
+        "prompt": [{"role": "user", "content": "Which lake is deepest?"}],
+        "completion": [{"role": "assistant", "thinking": "Baikal, 1642 m.", "content": "Baikal."}],
+        "chat_template_kwargs": {"think": True},
+    }
+    ex = tokenize(rdata.parse_row(row), thinker)
+    assert _learned(thinker, ex) == "<think>Baikal, 1642 m.</think>Baikal.<|end|>"
+    # The same row without the argument: the template leaves the reasoning out, which is refused.
+    with pytest.raises(
+        rdata.DataError, match=r"^row: field 'thinking': the tokenizer's chat template does not render"
+    ):
+        tokenize(rdata.parse_row({**row, "chat_template_kwargs": {"think": False}}), thinker)
+    with pytest.raises(rdata.DataError, match="does not render the assistant's 'thinking'"):
+        tokenize(rdata.parse_row(row), tok)  # the lab template renders no reasoning
+    plain = {"prompt": row["prompt"], "completion": [{"role": "assistant", "content": "Baikal."}]}
+    assert _learned(thinker, tokenize(rdata.parse_row(plain), thinker)) == "Baikal.<|end|>"
 
 
 def test_truncation_keeps_the_response():

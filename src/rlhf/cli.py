@@ -153,21 +153,19 @@ def data_inspect(source: str, split: str, on_error: str, show: int) -> None:
     """Detect SOURCE's format (a file, a saved dataset folder, or a hub name) and validate every row."""
     from rlhf import data as rdata
 
-    loader = {
-        "preference": rdata.load_preferences,
-        "implicit_preference": rdata.load_preferences,
-        "prompt_only": rdata.load_prompts,
-    }
-    try:
-        first = next(iter(rdata.read_rows(source, split=split)))[1]
-        load = loader.get(rdata.detect_format(first), rdata.load_sft)
-        records, report = load(source, split=split, on_error=on_error)
+    try:  # every row is read as its own format, so a bad first row is reported like any other
+        records, report = rdata.load_any(source, split=split, on_error=on_error)
     except rdata.DataError as e:
         row_level = e.location != source  # a row's error has a line; a missing or empty file has none
         hint = " (--on-error skip skips bad rows and counts them)" if row_level and on_error != "skip" else ""
         click.echo(f"error: {e}{hint}", err=True)
         sys.exit(1)
     click.echo(report.summary())
+    for reason, examples in report.examples.items():
+        for example in examples:
+            click.echo(f"  skipped: {example}")
+        if report.skipped[reason] > len(examples):
+            click.echo(f"  ... and {report.skipped[reason] - len(examples)} more: {reason}")
     for record in records[:show]:
         click.echo(json.dumps(rdata.to_row(record), ensure_ascii=False, indent=2))
 
@@ -256,14 +254,23 @@ def rm(args: tuple[str, ...]) -> None:
 @click.option("--split", default="train", show_default=True, help="Split of a saved or hub dataset.")
 @click.option("--gguf-file", default=None, help="GGUF file inside REWARD_MODEL's folder, if it is one.")
 @click.option("--output", default=None, help="Write the metrics and calibration bins as JSON here.")
-def rm_eval(reward_model, data, max_length, batch_size, split, gguf_file, output) -> None:
+@click.option(
+    "--on-error",
+    type=click.Choice(["raise", "skip"]),
+    default="raise",
+    show_default=True,
+    help="Stop at the first bad row, or skip bad rows and count them.",
+)
+def rm_eval(reward_model, data, max_length, batch_size, split, gguf_file, output, on_error) -> None:
     """Score a saved reward model on a preference dataset (any format `rlhf rm` reads): accuracy with its
     95% interval, calibration, margin, reward-length correlation, per family where the rows name one,
     and on lab data the Bayes-optimal accuracy and the gold judge's agreement beside it."""
     from rlhf.reward import describe_eval, evaluate_saved
 
     values, table = _run(
-        lambda log: evaluate_saved(reward_model, data, max_length, batch_size, gguf_file, split, log=log)
+        lambda log: evaluate_saved(
+            reward_model, data, max_length, batch_size, gguf_file, split, on_error=on_error, log=log
+        )
     )
     gold = f", gold accuracy {values['gold_accuracy']:.3f}" if "gold_accuracy" in values else ""
     click.echo(
@@ -359,8 +366,24 @@ def sweep(seeds: str, preset: str | None, args: tuple[str, ...]) -> None:
 @click.option("--xstest", default=None, help="XSTest prompts CSV (e.g. ../shared/data/xstest_prompts.csv).")
 @click.option("--temperature", default=1.0, show_default=True, help="Sampling temperature of every policy.")
 @click.option("--output", default=None, help="Write the results as JSON here.")
+@click.option(
+    "--on-error",
+    type=click.Choice(["raise", "skip"]),
+    default="raise",
+    show_default=True,
+    help="Bad rows of --prompts: stop at the first, or skip them and count them.",
+)
 def eval_cmd(
-    checkpoints, baseline, reference, reward_model, prompts_file, n_prompts, xstest, temperature, output
+    checkpoints,
+    baseline,
+    reference,
+    reward_model,
+    prompts_file,
+    n_prompts,
+    xstest,
+    temperature,
+    output,
+    on_error,
 ) -> None:
     """Evaluate checkpoints against a baseline: win rate, reward, KL, length, length bias, the lab's
     failure-mode probes (sycophancy, refusals, over-refusal, consistency, uncertainty), XSTest, and a
@@ -374,8 +397,20 @@ def eval_cmd(
         policies.setdefault(Path(c).parent.name + "/" + Path(c).name, c)
     prompts = None
     if prompts_file:
-        records, report = rdata.load_prompts(prompts_file, on_error="skip", limit=n_prompts)
+        try:
+            records, report = rdata.load_prompts(prompts_file, on_error=on_error, limit=n_prompts)
+        except rdata.DataError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
         click.echo(f"{prompts_file}: {report.summary()}", err=True)
+        with_kwargs = [r.source for r in records if r.meta.get("chat_template_kwargs")]
+        if with_kwargs:  # the policies are sampled with their templates' defaults; say so, don't drop
+            click.echo(
+                f"error: {with_kwargs[0]}: field 'chat_template_kwargs': rlhf eval renders every prompt with "
+                "each policy's chat template defaults; remove the column",
+                err=True,
+            )
+            sys.exit(1)
         prompts = [r.prompt if isinstance(r.prompt, str) else [dict(m) for m in r.prompt] for r in records]
     result = evaluate_policies(
         policies, base_name, reference=reference or baseline, reward_model=reward_model, n_prompts=n_prompts,

@@ -9,11 +9,16 @@ in TRL's conversational preference format (``prompt``, ``chosen``, ``rejected``)
 
 - ``annotator``: the id of the annotator who labelled it;
 - ``p_chosen``, ``p_rejected``, ``p_tie``: that annotator's probabilities of each outcome;
-- ``tie``: True when the annotator called a tie (``chosen`` is then just the response shown first);
+- ``tie``: False (see below);
 - ``shown_first``: ``"chosen"`` or ``"rejected"``;
 - ``family``, ``key``, ``gold_chosen``, ``gold_rejected``, ``words_chosen``, ``words_rejected``.
 
-and ``summary.json`` with the counts, the label shares and the Bayes-optimal accuracy of each split.
+Ties (``tie_prob > 0``) are not preferences, so they stay out of those files, which any TRL trainer can
+read as they are: they go to ``train_ties.jsonl`` and ``eval_ties.jsonl``, rows of the same columns
+with ``tie: True``, where ``chosen`` is only the response shown first. ``rlhf rm`` reads them beside the
+pairs (``data: [train.jsonl, train_ties.jsonl]``, as ``rlhf run`` wires it) and trains them toward equal
+rewards or skips them (``RMConfig.ties``). ``summary.json`` holds the counts, the label shares (ties
+included) and the Bayes-optimal accuracy of each split.
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ class CollectConfig(StageConfig):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     max_new_tokens: int = Field(48, ge=1, description="longest response")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="share of prompts whose pairs go to eval.jsonl")
-    output_dir: str = Field("runs/prefs-lab", description="where train.jsonl, eval.jsonl, summary.json go")
+    output_dir: str = Field(
+        "runs/prefs-lab", description="where train.jsonl, eval.jsonl, their *_ties.jsonl and summary.json go"
+    )
     seed: int = Field(0, description="seed of prompts, sampling, pairing and labels")
 
 
@@ -122,14 +129,24 @@ def collect(cfg: CollectConfig, log=print) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"policy": cfg.policy, "preset": cfg.preset, "skipped": dict(skipped)}
     for name, rows in splits.items():
-        write_jsonl(rows, out / f"{name}.jsonl")
+        write_jsonl([r for r in rows if not r["tie"]], out / f"{name}.jsonl")
+        if cfg.tie_prob:
+            write_jsonl([r for r in rows if r["tie"]], out / tie_file(name))
         summary[name] = split_summary(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "config.yaml").write_text(cfg.to_yaml())
+    ties = sum(r["tie"] for rows in splits.values() for r in rows)
     log(
-        f"wrote {len(splits['train'])} train and {len(splits['eval'])} eval pairs to {out} (skipped {dict(skipped)})"
+        f"wrote {len(splits['train'])} train and {len(splits['eval'])} eval pairs to {out}"
+        + (f", {ties} of them ties in *_ties.jsonl" if cfg.tie_prob else "")
+        + f" (skipped {dict(skipped)})"
     )
     return out
+
+
+def tie_file(split: str) -> str:
+    """The file of a split's tied pairs, beside ``<split>.jsonl`` (written when ``tie_prob > 0``)."""
+    return f"{split}_ties.jsonl"
 
 
 def split_summary(rows: list[dict]) -> dict[str, float]:

@@ -116,7 +116,7 @@ def stage_names(cfg: RunConfig) -> list[str]:
 def stage_configs(cfg: RunConfig) -> dict[str, Any]:
     """Every stage's validated config, wired together (built before anything runs, so that a typo in
     any stage's section stops the run at once)."""
-    from rlhf.collect import CollectConfig
+    from rlhf.collect import CollectConfig, tie_file
     from rlhf.ppo import PPOConfig
     from rlhf.reward import RMConfig
     from rlhf.sft import SFTConfig
@@ -181,9 +181,21 @@ def stage_configs(cfg: RunConfig) -> dict[str, Any]:
             values = {**values, **keys, "output_dir": out_dir}
         return validate_config(cls, values, f"run config, section `{section}`")
 
+    collect = make(CollectConfig, "collect")
+
+    def pairs(prefs: list[Path], split: str) -> list[str]:
+        """The pair files of collections (with ``tie_prob > 0`` the tied pairs too, written beside them)."""
+        names = [f"{split}.jsonl", *([tie_file(split)] if collect.tie_prob else [])]
+        return [str(p / n) for p in prefs for n in names]
+
+    if collect.tie_prob:
+        wired["rm"]["data"], wired["rm"]["eval_data"] = (
+            pairs([d / "prefs"], "train"),
+            pairs([d / "prefs"], "eval"),
+        )
     stages = {
         "sft": make(SFTConfig, "sft"),
-        "collect": make(CollectConfig, "collect"),
+        "collect": collect,
         "rm": make(RMConfig, "rm"),
         "ppo": make(PPOConfig, "ppo", extra=reward("rm")),
     }
@@ -195,7 +207,7 @@ def stage_configs(cfg: RunConfig) -> dict[str, Any]:
             CollectConfig, "collect", f"collect-{r}", {"policy": final[f"ppo{prev}"], **more}
         )
         stages[f"rm-{r}"] = make(RMConfig, "rm", f"rm-{r}", {
-            "data": [str(p / "train.jsonl") for p in prefs], "eval_data": [str(p / "eval.jsonl") for p in prefs],
+            "data": pairs(prefs, "train"), "eval_data": pairs(prefs, "eval"),
         })  # fmt: skip
         stages[f"ppo-{r}"] = make(PPOConfig, "ppo", f"ppo-{r}", {
             "model": final[f"ppo{prev}"], "reference": sft_final, **reward(f"rm-{r}"),

@@ -69,6 +69,7 @@ from rlhf.modeling import (
     token_scores,
 )
 from rlhf.rewards import call_reward_function, lab_gold, load_reward_function
+from rlhf.sft import prompt_text
 from rlhf.training import (
     OptimSettings,
     RunSettings,
@@ -408,8 +409,9 @@ class RewardEnsemble:
 
 
 def encode_prompts(records, tokenizer, max_length: int) -> tuple[list[list[int]], list[Any]]:
-    """Token ids of each prompt (chat template with the generation prompt, or plain text) and the
-    prompts as plain data; prompts longer than ``max_length`` come back as None."""
+    """Token ids of each prompt (chat template with the generation prompt and the row's
+    ``chat_template_kwargs``, or plain text) and the prompts as plain data; prompts longer than
+    ``max_length`` come back as None."""
     ids, plain = [], []
     for r in records:
         if isinstance(r.prompt, str):
@@ -417,7 +419,7 @@ def encode_prompts(records, tokenizer, max_length: int) -> tuple[list[list[int]]
             plain.append(r.prompt)
         else:
             messages = [dict(m) for m in r.prompt]
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = prompt_text(tokenizer, messages, r.meta.get("chat_template_kwargs"))
             tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
             plain.append(messages)
         ids.append(tokens if len(tokens) <= max_length else None)

@@ -113,11 +113,13 @@ class Pair:
 
 def tokenize_pair(record: rdata.Preference, tokenizer, max_length: int) -> Pair | None:
     """Render prompt + chosen and prompt + rejected like SFT examples; None if a response does not fit."""
-    chosen = fit_length(
-        tokenize(rdata.PromptCompletion(record.prompt, record.chosen), tokenizer), max_length, "left"
-    )
-    rejected = fit_length(
-        tokenize(rdata.PromptCompletion(record.prompt, record.rejected), tokenizer), max_length, "left"
+    chosen, rejected = (
+        fit_length(
+            tokenize(rdata.PromptCompletion(record.prompt, response, record.meta, record.source), tokenizer),
+            max_length,
+            "left",
+        )
+        for response in (record.chosen, record.rejected)
     )
     if chosen is None or rejected is None:
         return None
@@ -343,14 +345,15 @@ def describe_eval(values: dict[str, float]) -> str:
 
 def evaluate_saved(
     model_path: str, data: str, max_length: int = 512, batch_size: int = 32, gguf_file: str | None = None,
-    split: str = "train", device: str = "auto", log=print,
+    split: str = "train", device: str = "auto", on_error: rdata.OnError = "raise", log=print,
 ) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
     """``rlhf rm-eval``: a saved reward model scored on a preference dataset, with the metrics of a training
     run's evaluation (:func:`evaluate_pairs`), plus ``pairs`` (scored) and ``skipped`` (a response
-    longer than ``max_length``). Returns them and the calibration bins."""
+    longer than ``max_length``). Bad rows stop it, or with ``on_error="skip"`` are skipped and counted in
+    the log line. Returns them and the calibration bins."""
     tokenizer = load_tokenizer(model_path, gguf_file)
     model = load_reward_model(model_path, gguf_file, pad_token_id=tokenizer.pad_token_id)
-    records, report = rdata.load_preferences(data, split=split)
+    records, report = rdata.load_preferences(data, split=split, on_error=on_error)
     log(f"{data}: {report.summary()}")
     tokenized = [tokenize_pair(r, tokenizer, max_length) for r in records]
     pairs = [p for p in tokenized if p is not None]

@@ -4,9 +4,12 @@
     rlhf sft examples/sft_smollm2_hh.yaml max_steps=5  # SmolLM2-135M + LoRA on HH-RLHF chosen responses
 
 Data: prompt-completion rows (standard strings or conversational messages), language-modelling rows
-(``text``, or ``messages`` with the loss on every assistant turn), or preference rows (the prompt and
-the chosen response). Conversations are rendered with the tokenizer's chat template; the loss is on the
-completion / assistant tokens only unless ``completion_only_loss: false``.
+(``text``, or ``messages`` with the loss on every assistant turn), preference rows (the prompt and
+the chosen response), and the label-true rows of unpaired preference or stepwise data (see
+``rlhf.data.load_sft``). Conversations are rendered with the tokenizer's chat template and each row's
+``chat_template_kwargs``; a prompt ending with an assistant message (a prefill) is continued by the
+completion; reasoning fields (``thinking``, ``reasoning_content``) go to the template, which must render
+them. The loss is on the completion / assistant tokens only unless ``completion_only_loss: false``.
 
 Loss normalisation: the summed NLL of a micro-batch is divided by the number of loss tokens in the
 whole optimisation step (all its micro-batches), so gradient accumulation gives the same update as one
@@ -83,29 +86,91 @@ class Example:
     loss_mask: list[bool]
 
 
-def _chat_ids(tokenizer, messages: Sequence[dict], generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=generation_prompt
+def _chat_ids(
+    tokenizer, messages: Sequence[dict], generation_prompt: bool, kwargs=None, continue_final: bool = False
+) -> list[int]:
+    return tokenizer(
+        chat_text(tokenizer, messages, generation_prompt, kwargs, continue_final), add_special_tokens=False
+    )["input_ids"]
+
+
+def chat_text(
+    tokenizer,
+    messages: Sequence[dict],
+    generation_prompt: bool = False,
+    kwargs=None,
+    continue_final: bool = False,
+) -> str:
+    """``messages`` rendered with the chat template and a row's ``chat_template_kwargs``; with
+    ``continue_final`` the last (assistant) message is left open for its continuation."""
+    extra = {"continue_final_message": True} if continue_final else {}
+    return tokenizer.apply_chat_template(
+        [dict(m) for m in messages],
+        tokenize=False,
+        add_generation_prompt=generation_prompt,
+        **extra,
+        **(kwargs or {}),
     )
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _conversation(tokenizer, messages: Sequence[dict], learn_from: int, completion_only: bool) -> Example:
-    """Tokens of a conversation; the assistant turns at index >= ``learn_from`` are learned.
+def prompt_text(tokenizer, prompt: Sequence[dict], kwargs=None) -> str:
+    """A conversational prompt as the model sees it before its response: with the generation prompt
+    after a user message, or left open after an assistant message (a prefill), as TRL renders prompts."""
+    prefill = prompt[-1]["role"] == "assistant"
+    return chat_text(tokenizer, prompt, not prefill, kwargs, continue_final=prefill)
+
+
+def continued(prompt: Sequence[dict], completion: Sequence[dict]) -> list[dict]:
+    """The whole conversation of a prompt and its completion: after a prefill (a prompt ending with an
+    assistant message) the completion's first message continues that message's content."""
+    if prompt[-1]["role"] != "assistant":
+        return [*prompt, *completion]
+    merged = {**prompt[-1], "content": prompt[-1]["content"] + completion[0]["content"]}
+    return [*prompt[:-1], merged, *completion[1:]]
+
+
+def _check_reasoning(tokenizer, messages: Sequence[dict], text: str, kwargs, source: str) -> None:
+    """Reasoning fields reach the model only if the chat template renders them: refuse a template that
+    ignores them rather than train without them unseen."""
+    keys = sorted({key for m in messages for key in rdata.REASONING_KEYS if key in m})
+    if not keys:
+        return
+    bare = [{k: v for k, v in m.items() if k not in rdata.REASONING_KEYS} for m in messages]
+    if chat_text(tokenizer, bare, False, kwargs) == text:
+        problem = (
+            f"the tokenizer's chat template does not render the assistant's '{keys[0]}' field, so the "
+            "reasoning would be lost; use a model whose template renders it, or remove the field"
+        )
+        raise rdata.DataError(source or "row", problem, field=keys[0], reason="reasoning not rendered")
+
+
+def _conversation(
+    tokenizer, messages: Sequence[dict], learn_from: int, completion_only: bool, kwargs=None,
+    prefill: dict | None = None, source: str = "",
+) -> Example:  # fmt: skip
+    """Tokens of a conversation; the assistant turns at index >= ``learn_from`` are learned. With
+    ``prefill`` (the prompt's last message), message ``learn_from`` continues it: only what follows
+    the prefill is learned.
 
     Each assistant turn's span is found by rendering the conversation up to it (with the generation
-    prompt) and up to its end: the template must render a prefix as a prefix, which we check.
+    prompt, or the open prefill) and up to its end: the template must render a prefix as a prefix,
+    which we check.
     """
-    ids = _chat_ids(tokenizer, messages, generation_prompt=False)
+    text = chat_text(tokenizer, messages, False, kwargs)
+    _check_reasoning(tokenizer, messages, text, kwargs, source)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not completion_only:
         return Example(ids, [True] * len(ids))
     mask = [False] * len(ids)
     for i in range(learn_from, len(messages)):
         if messages[i]["role"] != "assistant":
             continue
-        start = _chat_ids(tokenizer, messages[:i], generation_prompt=True)
+        if prefill is not None and i == learn_from:
+            start = _chat_ids(tokenizer, [*messages[:i], prefill], False, kwargs, continue_final=True)
+        else:
+            start = _chat_ids(tokenizer, messages[:i], True, kwargs)
         last = i == len(messages) - 1  # then the turn ends where the conversation does
-        end = ids if last else _chat_ids(tokenizer, messages[: i + 1], generation_prompt=False)
+        end = ids if last else _chat_ids(tokenizer, messages[: i + 1], False, kwargs)
         if ids[: len(start)] != start or ids[: len(end)] != end:
             raise ValueError("the chat template does not render a conversation's beginning as a prefix of it")
         mask[len(start) : len(end)] = [True] * (len(end) - len(start))
@@ -113,12 +178,16 @@ def _conversation(tokenizer, messages: Sequence[dict], learn_from: int, completi
 
 
 def tokenize(record, tokenizer, completion_only: bool = True) -> Example:
-    """Tokenise a record of ``rlhf.data`` (prompt-completion, language modelling, or preference: chosen)."""
+    """Tokenise a record of ``rlhf.data`` (prompt-completion, language modelling, or preference: chosen).
+
+    Conversations are rendered with the row's ``chat_template_kwargs``; a prompt that ends with an
+    assistant message is a prefill, which the completion continues (:func:`continued`)."""
     if isinstance(record, rdata.Preference):
-        record = rdata.PromptCompletion(record.prompt, record.chosen)
+        record = rdata.PromptCompletion(record.prompt, record.chosen, meta=record.meta, source=record.source)
+    kwargs = record.meta.get("chat_template_kwargs")
     if isinstance(record, rdata.LMExample):
         if record.messages is not None:
-            return _conversation(tokenizer, record.messages, 0, completion_only)
+            return _conversation(tokenizer, record.messages, 0, completion_only, kwargs, source=record.source)
         ids = tokenizer(record.text)["input_ids"] + [tokenizer.eos_token_id]
         return Example(ids, [True] * len(ids))
     if isinstance(record.prompt, str):  # standard: prompt text + completion text + EOS
@@ -127,8 +196,10 @@ def tokenize(record, tokenizer, completion_only: bool = True) -> Example:
             tokenizer.eos_token_id
         ]
         return Example(prompt + completion, [not completion_only] * len(prompt) + [True] * len(completion))
-    messages = [*record.prompt, *record.completion]
-    return _conversation(tokenizer, messages, len(record.prompt), completion_only)
+    prefill = record.prompt[-1] if record.prompt[-1]["role"] == "assistant" else None
+    messages = continued(record.prompt, record.completion)
+    learn_from = len(record.prompt) - (prefill is not None)
+    return _conversation(tokenizer, messages, learn_from, completion_only, kwargs, prefill, record.source)
 
 
 def fit_length(ex: Example, max_length: int, truncation: str) -> Example | None:
