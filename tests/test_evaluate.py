@@ -314,7 +314,11 @@ def test_tiny_run_with_two_rounds_and_a_reward_model_ensemble(tmp_path, lab_base
     rounds = json.loads((d / "rounds.json").read_text())
     assert set(rounds) == {"rm-2"} and rounds["rm-2"]["pairs"] > 0
     assert 0 <= rounds["rm-2"]["old_rm_accuracy"] <= 1 and 0 <= rounds["rm-2"]["new_rm_accuracy"] <= 1
-    rows = [r for r in map(json.loads, (d / "ppo-2/metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    rows = [
+        r
+        for r in map(json.loads, (d / "ppo-2/metrics.jsonl").read_text().splitlines())
+        if r["split"] == "train"
+    ]
     assert all(r["ensemble_std/final"] >= 0 for r in rows)
     result = json.loads((d / "eval.json").read_text())
     assert result["policies"]["ppo"] == str(d / "ppo-2/final") and result["rounds"] == rounds

@@ -14,12 +14,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf.config import ConfigError, load_config
 from rlhf.losses import (
     adaptive_kl_coef,
-    predictive_kl_coef,
     gae,
     kl_estimate,
     penalised_rewards,
     ppo_policy_loss,
     ppo_value_loss,
+    predictive_kl_coef,
     token_logprobs,
     whiten,
 )
@@ -166,7 +166,9 @@ def test_adaptive_kl_controller_formula():
 
 def test_predictive_kl_controller_formula():
     # KL 0.6 after 0.4, target 0.8: extrapolated 0.8, error 0: beta stays.
-    assert predictive_kl_coef(0.3, kl=0.6, kl_prev=0.4, target=0.8, horizon=200, n_steps=64) == pytest.approx(0.3)
+    assert predictive_kl_coef(0.3, kl=0.6, kl_prev=0.4, target=0.8, horizon=200, n_steps=64) == pytest.approx(
+        0.3
+    )
     # KL 1.2 after 0.8: extrapolated 1.6, error +1.0 (no 0.2 cap above the target): x (1 + 64 / 200).
     assert predictive_kl_coef(0.3, 1.2, 0.8, 0.8, 200, 64) == pytest.approx(0.3 * 1.32)
     # Far above: the rise is capped at max_rise; below: the fall is capped at 0.2, as Ziegler's.
@@ -177,8 +179,10 @@ def test_predictive_kl_controller_formula():
 def _betas(controller, kls, beta=0.3, target=0.8):
     out, prev = [], None
     for kl in kls:
-        beta = controller(beta, kl, prev, target) if controller is not adaptive_kl_coef else (
-            adaptive_kl_coef(beta, kl, target, 200, 64)
+        beta = (
+            controller(beta, kl, prev, target)
+            if controller is not adaptive_kl_coef
+            else (adaptive_kl_coef(beta, kl, target, 200, 64))
         )
         prev = kl
         out.append(beta)

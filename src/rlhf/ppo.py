@@ -118,7 +118,8 @@ class PPOConfig(TrainConfig):
 
     model: str = Field("runs/sft-lab/final", description="the initial policy (and reference): SFT folder")
     reference: str | None = Field(
-        None, description="the frozen KL reference, if not the initial policy (a later round starts from "
+        None,
+        description="the frozen KL reference, if not the initial policy (a later round starts from "
         "the last round's policy and keeps the SFT model as reference)",
     )
     data: str = Field("lab", description="prompts: lab, or a file/folder/hub dataset with a prompt column")
@@ -132,7 +133,9 @@ class PPOConfig(TrainConfig):
         default_factory=list, description="rule-based rewards (module:function)"
     )
     uncertainty_coef: float = Field(
-        1.0, ge=0, description="a reward-model ensemble's reward: mean - uncertainty_coef * std over its members"
+        1.0,
+        ge=0,
+        description="a reward-model ensemble's reward: mean - uncertainty_coef * std over its members",
     )
     reward_clip: float | None = Field(None, gt=0, description="clip the combined score to [-c, c]")
     missing_eos_penalty: float = Field(
@@ -189,7 +192,9 @@ class PPOConfig(TrainConfig):
         if not self.reward_models and not self.reward_functions:
             raise ValueError("no reward: give reward_models, reward_functions, or both")
         if self.reference is not None and self.lora.r:
-            raise ValueError("reference: with LoRA the reference is the policy without its adapters; unset it")
+            raise ValueError(
+                "reference: with LoRA the reference is the policy without its adapters; unset it"
+            )
         if self.critic == "reward" and not self.reward_models:
             raise ValueError(
                 "critic=reward starts the critic from the first reward model, and there is none: "
@@ -399,7 +404,9 @@ class RewardEnsemble:
             for path in reward_model_members(spec.path)
         ]
 
-    def __call__(self, input_ids, attention_mask, conversations, batch_size: int, device, bf16) -> torch.Tensor:
+    def __call__(
+        self, input_ids, attention_mask, conversations, batch_size: int, device, bf16
+    ) -> torch.Tensor:
         """(K, B): member k's score of each response, standardised by its own statistics (see
         :meth:`Scorer.__call__` for the arguments)."""
         return torch.stack(
@@ -875,7 +882,15 @@ def train_ppo(cfg: PPOConfig, stop_after: int | None = None, log=print) -> Path:
             run.bar.set_postfix(score=f"{roll_stats['score']:+.2f}", kl=f"{roll_stats['kl']:.2f}")
         if eval_records and run.due(step, cfg.run.eval_every):
             evaluate(step)
-        run.checkpoint(step, ppo.trained(), tok, optimizer, scheduler, stream, extra={"beta": ppo.beta, "kl_prev": ppo.kl_prev})
+        run.checkpoint(
+            step,
+            ppo.trained(),
+            tok,
+            optimizer,
+            scheduler,
+            stream,
+            extra={"beta": ppo.beta, "kl_prev": ppo.kl_prev},
+        )
         if run.interrupted(step):
             return run.dir
 

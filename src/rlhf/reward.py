@@ -89,7 +89,9 @@ class RMConfig(TrainConfig):
     members: int = Field(
         1, ge=1, description="an ensemble of this many reward models (member k: run.seed + k), see train_rm"
     )
-    bootstrap: bool = Field(False, description="each ensemble member trains on a bootstrap resample of the pairs")
+    bootstrap: bool = Field(
+        False, description="each ensemble member trains on a bootstrap resample of the pairs"
+    )
     optim: OptimSettings = Field(default_factory=lambda: OptimSettings(lr=5e-4))
     run: RunSettings = Field(default_factory=lambda: RunSettings(output_dir="runs/rm-lab"))
 
