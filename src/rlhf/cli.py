@@ -24,6 +24,16 @@ import click
 _PRESETS = "default, length-biased, sycophantic"
 
 
+# Every command that reads a dataset takes the same skip policy.
+ON_ERROR = click.option(
+    "--on-error",
+    type=click.Choice(["raise", "skip"]),
+    default="raise",
+    show_default=True,
+    help="Stop at the first bad row, or skip bad rows and count them.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rlhf")
 def main() -> None:
@@ -141,13 +151,7 @@ def data() -> None:
 @data.command("inspect")
 @click.argument("source")
 @click.option("--split", default="train", show_default=True, help="Split of a Hugging Face dataset.")
-@click.option(
-    "--on-error",
-    type=click.Choice(["raise", "skip"]),
-    default="raise",
-    show_default=True,
-    help="Stop at the first bad row, or skip bad rows and count them.",
-)
+@ON_ERROR
 @click.option("--show", default=1, show_default=True, help="Records to print.")
 def data_inspect(source: str, split: str, on_error: str, show: int) -> None:
     """Detect SOURCE's format (a file, a saved dataset folder, or a hub name) and validate every row."""
@@ -254,13 +258,7 @@ def rm(args: tuple[str, ...]) -> None:
 @click.option("--split", default="train", show_default=True, help="Split of a saved or hub dataset.")
 @click.option("--gguf-file", default=None, help="GGUF file inside REWARD_MODEL's folder, if it is one.")
 @click.option("--output", default=None, help="Write the metrics and calibration bins as JSON here.")
-@click.option(
-    "--on-error",
-    type=click.Choice(["raise", "skip"]),
-    default="raise",
-    show_default=True,
-    help="Stop at the first bad row, or skip bad rows and count them.",
-)
+@ON_ERROR
 def rm_eval(reward_model, data, max_length, batch_size, split, gguf_file, output, on_error) -> None:
     """Score a saved reward model on a preference dataset (any format `rlhf rm` reads): accuracy with its
     95% interval, calibration, margin, reward-length correlation, per family where the rows name one,

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from rlhf.run_eval import metric_names
+from rlhf.run_eval import metric_names, ppo_rounds_metrics
 from rlhf.training import atomic_file, read_metrics
 
 
@@ -89,10 +89,73 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+# What each evaluation metric means, in the words of the report's tables.
+METRIC_LABELS = {
+    "gold": "gold utility (the lab's true quality, -1 to 1)",
+    "win_rate_gold": "win rate against SFT by the gold judge (ties half)",
+    "win_rate_gold_low": "win rate, 95% interval: low",
+    "win_rate_gold_high": "win rate, 95% interval: high",
+    "reward": "reward-model score (normalised)",
+    "win_rate_reward": "win rate against SFT by the reward model",
+    "kl_to_reference": "KL to SFT (nats per response)",
+    "response_words": "words per response",
+    "harmful_refusal_rate": "harmful requests refused",
+    "over_refusal_rate": "benign look-alikes refused (over-refusal)",
+    "sycophancy_rate": "false claims agreed with (sycophancy)",
+    "uncertainty_rate": "unknowable questions answered with uncertainty",
+    "refusal_consistency": "paraphrases refused all alike (refusal consistency)",
+}
+
+
+def label(metric: str) -> str:
+    if metric.startswith("gold/"):
+        return f"gold utility on {metric.split('/', 1)[1]} prompts"
+    return METRIC_LABELS.get(metric, metric)
+
+
+def verdict(result: dict[str, Any]) -> str:
+    """The report's opening: did RLHF help, did safety regress, did the proxy rise while gold fell."""
+    sft, ppo = result["results"].get("sft", {}), result["results"].get("ppo", {})
+    if "gold" not in ppo or "gold" not in sft:
+        return ""
+    gain = ppo["gold"] - sft["gold"]
+    lo, hi = ppo.get("win_rate_gold_low", float("nan")), ppo.get("win_rate_gold_high", float("nan"))
+    helped = "yes" if gain > 0 and lo > 0.5 else "no" if gain < 0 and hi < 0.5 else "not clearly"
+    items = [
+        f"<b>Did RLHF help?</b> {helped}: gold utility {sft['gold']:+.3f} (SFT) to {ppo['gold']:+.3f} (PPO), "
+        f"win rate against SFT {ppo.get('win_rate_gold', float('nan')):.3f} (95% {lo:.3f}-{hi:.3f})."
+    ]
+    regressions = ppo.get("safety_vs_baseline", {}).get("regressions", [])
+    items.append(
+        "<b>Did safety regress?</b> "
+        + (f"yes: {html.escape(', '.join(label(m) for m in regressions))}." if regressions else "no.")
+    )
+    trace = [r for r in result.get("ppo_trace", []) if "gold" in r and "score" in r]
+    if len(trace) >= 10:
+        first, last = trace[:5], trace[-5:]
+        d_proxy = sum(r["score"] for r in last) / 5 - sum(r["score"] for r in first) / 5
+        d_gold = sum(r["gold"] for r in last) / 5 - sum(r["gold"] for r in first) / 5
+        peak = max(trace, key=lambda r: r["gold"])
+        hacked = d_proxy > 0.05 and (d_gold < -0.05 or peak["gold"] - sum(r["gold"] for r in last) / 5 > 0.1)
+        items.append(
+            f"<b>Reward hacking (the proxy rising while gold falls)?</b> {'yes' if hacked else 'no'}: over "
+            f"PPO's training rollouts the reward-model score moved {d_proxy:+.2f} and gold {d_gold:+.2f} from the "
+            f"first 5 steps to the last 5 (gold peaked at step {peak['step']}, {peak['gold']:+.2f})."
+        )
+    families = sorted(k.split("/", 1)[1] for k in ppo if k.startswith("gold/") and k in sft)
+    if families:
+        changes = ", ".join(f"{f} {ppo[f'gold/{f}'] - sft[f'gold/{f}']:+.2f}" for f in families)
+        items.append(f"<b>Per prompt family</b>, gold change from SFT to PPO: {html.escape(changes)}.")
+    return (
+        '<div class="verdict"><h2>Verdict</h2><ul>' + "".join(f"<li>{i}</li>" for i in items) + "</ul></div>"
+    )
+
+
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;
 vertical-align:top;font-size:14px}th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;overflow-x:auto;
-font-size:12px}img{max-width:100%}h2{border-bottom:1px solid #ddd;padding-bottom:4px}"""
+font-size:12px}img{max-width:100%}h2{border-bottom:1px solid #ddd;padding-bottom:4px}
+.verdict{background:#f6f8ff;border:1px solid #cdd;padding:0 1em;margin:1em 0}"""
 
 
 def render_report(
@@ -100,6 +163,8 @@ def render_report(
 ) -> str:
     """The report's HTML (a string)."""
     parts = [f"<h1>RLHF run: {html.escape(run_dir.name)}</h1>"]
+    if result:
+        parts.append(verdict(result))
     parts.append("<h2>Stages and times</h2>")
     stage_names = {"base": "base model", "sft": "SFT", "collect": "preference collection", "rm": "reward model",
                    "ppo": "PPO", "eval": "evaluation", "report": "report"}  # fmt: skip
@@ -110,7 +175,8 @@ def render_report(
         )
     )
     parts.append("<h2>Learning curves</h2>")
-    sft_rows, rm_rows, ppo_rows = (read_metrics(run_dir / s) for s in ("sft", "rm", "ppo"))
+    sft_rows, rm_rows = (read_metrics(run_dir / s) for s in ("sft", "rm"))
+    ppo_rows = ppo_rounds_metrics(run_dir)
     parts.append(
         "<h3>SFT</h3>"
         + _curves(sft_rows, [("loss (nats/token)", [("train", "loss"), ("eval", "loss")])], "SFT")
@@ -129,10 +195,22 @@ def render_report(
             ppo_rows,
             [("reward-model score", [("train", "score")]), ("gold utility", [("train", "gold"), ("eval", "gold")]),
              ("KL to SFT (nats)", [("train", "kl")]), ("beta", [("train", "beta")]),
+             ("reward-model disagreement (std)", [("train", "ensemble_std/final")]),
              ("response tokens", [("train", "response_tokens")])],
             "PPO",
         )
     )  # fmt: skip
+    if result and result.get("rounds"):
+        parts.append("<h2>Reward-model retraining rounds</h2><p>Before each later round, preferences on the "
+                     "current policy's samples: the previous reward model's accuracy on them shows how far the "
+                     "policy had exploited it; the retrained model's, how much it learned back.</p>")  # fmt: skip
+        keys = ["pairs", "old_rm_accuracy", "new_rm_accuracy", "old_rm_gold_accuracy", "new_rm_gold_accuracy"]
+        parts.append(
+            _table(
+                ["round", *keys],
+                [[r["round"], *[r.get(k, "-") for k in keys]] for r in result["rounds"].values()],
+            )
+        )
     if result:
         parts.append("<h2>Over-optimisation</h2>" + _overoptimisation(result))
         bon = result.get("best_of_n", [])
@@ -145,7 +223,8 @@ def render_report(
         parts.append("<h2>Probes and metrics: " + " vs ".join(html.escape(n) for n in names) + "</h2>")
         parts.append(
             _table(
-                ["metric", *names], [[k, *[result["results"][n].get(k, "-") for n in names]] for k in keys]
+                ["metric", *names],
+                [[label(k), *[result["results"][n].get(k, "-") for n in names]] for k in keys],
             )
         )
         for name, res in result["results"].items():

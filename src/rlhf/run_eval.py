@@ -189,25 +189,28 @@ def evaluate_run(cfg, stages: dict[str, Any], log=print) -> Path:
     return d / "eval.json"
 
 
-def ppo_trace(cfg) -> list[dict]:
-    """The PPO runs' training rows, the rounds one after another (``step`` counts on across rounds,
-    ``round`` says which)."""
+def ppo_rounds_metrics(run_dir: Path) -> list[dict]:
+    """The metrics rows of ``ppo/`` and of later rounds' ``ppo-r/``, ``step`` counting on across rounds
+    and ``round`` saying which."""
     from rlhf.training import read_metrics
 
-    keys = ("kl", "score", "gold", "beta", "response_tokens")
-    trace, offset = [], 0
-    for r in range(1, cfg.rounds + 1):
-        rows = [
-            row
-            for row in read_metrics(cfg.stage_dir("ppo" if r == 1 else f"ppo-{r}"))
-            if row["split"] == "train"
-        ]
-        trace += [
-            {"step": offset + row["step"], "round": r, **{k: row[k] for k in keys if k in row}}
-            for row in rows
-        ]
-        offset += max((row["step"] for row in rows), default=0)
-    return trace
+    rows, offset, r = [], 0, 1
+    while (folder := run_dir / ("ppo" if r == 1 else f"ppo-{r}")).exists():
+        part = read_metrics(folder)
+        rows += [{**row, "step": row["step"] + offset, "round": r} for row in part]
+        offset += max((row["step"] for row in part), default=0)
+        r += 1
+    return rows
+
+
+def ppo_trace(cfg) -> list[dict]:
+    """PPO's training rows over every round (see :func:`ppo_rounds_metrics`), the keys the report draws."""
+    keys = ("step", "round", "kl", "score", "gold", "beta", "response_tokens")
+    return [
+        {k: row[k] for k in keys if k in row}
+        for row in ppo_rounds_metrics(cfg.dir)
+        if row["split"] == "train"
+    ]
 
 
 def metric_names(result: dict[str, Any], skip_prefix: str | None = None) -> list[str]:
