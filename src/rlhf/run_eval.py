@@ -23,7 +23,7 @@ import torch
 
 from rlhf import evaluate as ev
 from rlhf.modeling import load_tokenizer
-from rlhf.refusal import known_gaps
+from rlhf.refusal import explain, known_gaps
 from rlhf.reward import wilson_interval
 
 
@@ -117,8 +117,9 @@ def evaluate_policies(
             out.setdefault("xstest_classifier_gap", {}).update({k: gaps[k] for k in rates if k in gaps})
             out.setdefault("xstest_samples", {})[name] = [
                 {"prompt": r["prompt"], "type": r["type"], "label": r["label"], "response": t,
-                 "class": ev.classify_refusal(t)}
+                 "class": c, "rule": why}
                 for r, t in zip(xs_rows, xs_texts)
+                for c, why in [explain(t)]
             ]  # fmt: skip
         out["results"][name] = res
 
