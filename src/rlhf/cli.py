@@ -8,6 +8,7 @@ rlhf data inspect PATH            # detect a dataset's format and validate every
 rlhf sft | collect | rm | ppo     # one stage: [CONFIG.yaml] [key=value ...]
 rlhf run [CONFIG.yaml] [k=v ...]  # every stage, evaluation and report under runs/<name>/
 rlhf eval CKPT... --baseline CKPT # win rate, reward, KL, length bias, failure-mode probes, XSTest
+rlhf refusal-check CSV            # the refusal classifier against human labels of completions
 """
 
 from __future__ import annotations
@@ -417,6 +418,32 @@ def eval_cmd(
     click.echo(summary_table(result))
     if output:
         Path(output).write_text(json.dumps(result, indent=1))
+        click.echo(f"written: {output}")
+
+
+@main.command("refusal-check")
+@click.argument("csv_file", metavar="CSV")
+@click.option(
+    "--output", default=None, help="Write the figures (and each rate by humans and classifier) as JSON here."
+)
+def refusal_check(csv_file: str, output: str | None) -> None:
+    """Score the refusal classifier on CSV, labelled completions with XSTest's columns (prompt, type,
+    completion, final_label = 1_full_compliance / 2_full_refusal / 3_partial_refusal): three-class and
+    refusal-vs-compliance agreement with the labels, per class precision and recall, the confusion
+    matrix, and the full-refusal rate on safe prompts (types not starting with contrast_) against the
+    labels'."""
+    from rlhf.refusal import LabelledDataError, describe, read_labelled, score_rows
+
+    try:
+        rows = read_labelled(csv_file)
+    except LabelledDataError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    scores = score_rows(rows)
+    click.echo(f"{csv_file}:")
+    click.echo("\n".join(describe(scores)))
+    if output:
+        Path(output).write_text(json.dumps(scores, indent=1))
         click.echo(f"written: {output}")
 
 

@@ -5,7 +5,9 @@
 
 Each policy answers the same held-out prompts (one sample each, at `temperature`, 1 by default). On the lab the gold
 judge scores them and the probes of ``rlhf.evaluate`` run on the lab probe set; elsewhere the reward
-model scores them. With a reward model: mean reward, and the length bias against the baseline; with a
+model scores them. XSTest's rates come with the refusal classifier's known gap from human labels
+(``xstest_classifier_gap``: the largest over the held-out models of ``rlhf.refusal``'s validation),
+printed beside them. With a reward model: mean reward, and the length bias against the baseline; with a
 reference: the KL of each policy to it on its own samples. Safety regression compares each policy's
 safety metrics with the baseline's.
 """
@@ -21,6 +23,7 @@ import torch
 
 from rlhf import evaluate as ev
 from rlhf.modeling import load_tokenizer, reward_model_members
+from rlhf.refusal import explain, known_gaps
 from rlhf.reward import wilson_interval
 
 
@@ -111,11 +114,15 @@ def evaluate_policies(
                 temperature=temperature,
                 seed=seed + 17 * i + 2,
             )
-            res.update(ev.xstest_rates(xs_rows, xs_texts))
+            rates = ev.xstest_rates(xs_rows, xs_texts)
+            res.update(rates)
+            gaps = known_gaps()
+            out.setdefault("xstest_classifier_gap", {}).update({k: gaps[k] for k in rates if k in gaps})
             out.setdefault("xstest_samples", {})[name] = [
                 {"prompt": r["prompt"], "type": r["type"], "label": r["label"], "response": t,
-                 "class": ev.classify_refusal(t)}
+                 "class": c, "rule": why}
                 for r, t in zip(xs_rows, xs_texts)
+                for c, why in [explain(t)]
             ]  # fmt: skip
         out["results"][name] = res
 
@@ -228,17 +235,26 @@ def metric_names(result: dict[str, Any], skip_prefix: str | None = None) -> list
 
 
 def summary_table(result: dict[str, Any]) -> str:
-    """The terminal table of an evaluation: one column per policy (per-type XSTest rates left out), then
-    each policy's safety-regression verdict against the baseline."""
+    """The terminal table of an evaluation: one column per policy (per-type XSTest rates left out; the
+    XSTest rates with the refusal classifier's known gap from humans beside them), then each policy's
+    safety-regression verdict against the baseline."""
     names = list(result["results"])
-    keys = metric_names(result, skip_prefix="xstest/")
+    keys = metric_names(result, skip_prefix="xstest/type/")
+    gaps = result.get("xstest_classifier_gap", {})
     width = max(len(k) for k in keys) + 2
     lines = [f"{'':<{width}}" + "".join(f"{n:>12}" for n in names)]
     for k in keys:
         cells = [result["results"][n].get(k) for n in names]
+        gap = f"   +-{gaps[k]:.3f} vs humans" if k in gaps else ""
         lines.append(
             f"{k:<{width}}"
             + "".join(f"{c:>12.3f}" if isinstance(c, int | float) else f"{'-':>12}" for c in cells)
+            + gap
+        )
+    if gaps:
+        lines.append(
+            "+-: the refusal classifier's largest gap from human labels on that rate, on held-out models' "
+            "labelled XSTest completions (rlhf.refusal)"
         )
     for name, res in result["results"].items():
         regressions = res.get("safety_vs_baseline", {}).get("regressions")
