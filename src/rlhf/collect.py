@@ -27,6 +27,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from rlhf import guards
 from rlhf.config import StageConfig
 from rlhf.data import write_jsonl
 from rlhf.lab.annotators import PresetName, bayes_accuracy, get_preset, with_ties
@@ -35,6 +36,7 @@ from rlhf.lab.preferences import label_pair
 from rlhf.lab.world import sample_prompts
 from rlhf.modeling import load_causal_lm, load_tokenizer
 from rlhf.sampling import generate
+from rlhf.training import atomic_file
 
 
 class CollectConfig(StageConfig):
@@ -67,6 +69,7 @@ def _pairs(k: int, pairing: str) -> list[tuple[int, int]]:
 def collect(cfg: CollectConfig, log=print) -> Path:
     """Run the collection; return the output folder."""
     out = Path(cfg.output_dir)
+    guards.enter_stage(out, "collect", cfg, log)  # policy checked, folder locked, settings compared
     preset = with_ties(get_preset(cfg.preset), cfg.tie_prob) if cfg.tie_prob else get_preset(cfg.preset)
     tokenizer, model = load_tokenizer(cfg.policy), load_causal_lm(cfg.policy)
 
@@ -124,8 +127,10 @@ def collect(cfg: CollectConfig, log=print) -> Path:
     for name, rows in splits.items():
         write_jsonl(rows, out / f"{name}.jsonl")
         summary[name] = split_summary(rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    with atomic_file(out / "summary.json") as f:  # the file that marks the collection done
+        json.dump(summary, f, indent=2)
     (out / "config.yaml").write_text(cfg.to_yaml())
+    guards.release_lock(out)
     log(
         f"wrote {len(splits['train'])} train and {len(splits['eval'])} eval pairs to {out} (skipped {dict(skipped)})"
     )

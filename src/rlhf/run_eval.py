@@ -48,6 +48,7 @@ def evaluate_policies(
     seed: int = 0,
     temperature: float = 1.0,
     log=print,
+    reward_fresh_head: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``policies`` (name -> folder); ``baseline`` names one of them. ``prompts``: plain prompts
     (strings or conversations) to use instead of the lab's held-out prompts."""
@@ -66,8 +67,8 @@ def evaluate_policies(
     scorer = None
     if reward_model:
         first_tok = load_tokenizer(next(iter(policies.values())))
-        scorer = Scorer(RewardModelSpec(path=reward_model, normalize=(Path(reward_model) / "reward_stats.json").exists()),
-                        first_tok, torch.device("cpu"))  # fmt: skip
+        scorer = Scorer(RewardModelSpec(path=reward_model, normalize=(Path(reward_model) / "reward_stats.json").exists(),
+                                        fresh_head=reward_fresh_head), first_tok, torch.device("cpu"))  # fmt: skip
     ref_model = _load(reference)[0] if reference else None
 
     def conv(p, r):
