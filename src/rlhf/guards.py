@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -48,7 +49,7 @@ def _stderr(message: str) -> None:
 
 
 def _likely_cause(key: str, lr: float | None) -> str:
-    if key.startswith(("score", "reward")):
+    if key.startswith(("score", "reward/")):
         return "the reward model or a reward function gives non-finite scores (check reward_stats.json)"
     lr_text = f" (optim.lr={lr:g})" if lr is not None else ""
     return f"the learning rate{lr_text} is too high for this model and data; lower optim.lr"
@@ -167,6 +168,8 @@ def acquire_lock(folder: str | Path, log: Log | None = _stderr) -> None:
     key = str(folder.resolve())
     if key in _HELD:
         return
+    if not _HELD:
+        atexit.register(release_all)  # a normal exit (an error included) leaves no lock file behind
     path = folder / LOCK_FILE
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -208,6 +211,12 @@ def release_lock(folder: str | Path) -> None:
         (folder / LOCK_FILE).unlink(missing_ok=True)
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def release_all() -> None:
+    """Release every lock this process holds."""
+    for key in list(_HELD):
+        release_lock(key)
 
 
 # ---------------------------------------------------------------------------------------------------
