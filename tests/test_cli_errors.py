@@ -159,6 +159,8 @@ CASES = [
     (["eval", "{base}", "--baseline", "{base}", "--reward-model", "{base}"], "not a reward model"),
     (["eval", "{base}", "--baseline", "{base}", "--reward-model", "{emptydir}"], "not a model folder"),
     (["eval", "{emptydir}", "--baseline", "{base}"], "not a model folder"),
+    (["eval", "{base}", "--baseline", "{twolabels}"], "LlamaForSequenceClassification"),
+    (["lab", "sample", "--model", "{twolabels}"], "not a language model"),
     (["eval", "{base}", "--baseline", "{base}", "--output", "{nope}/x.json"], "--output"),
     (["eval", "{base}"], "Missing option '--baseline'"),
     (["eval"], "Missing argument"),

@@ -12,6 +12,7 @@ rlhf eval CKPT... --baseline CKPT # win rate, reward, KL, length bias, failure-m
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import sys
@@ -24,7 +25,10 @@ import click
 # (a test keeps them equal to rlhf.guards.RUN_STAGES).
 _PRESETS = "default, length-biased, sycophantic"
 _RUN_STAGES = ("sft", "collect", "rm", "ppo", "eval")
-_FULL_DISK = (28, 122, 30, 13)  # ENOSPC, EDQUOT, EROFS, EACCES: a disk or permission the user can fix
+# A full disk or quota, a read-only file system, a permission: what the user can fix.
+_FULL_DISK = tuple(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES") if hasattr(errno, name)
+)
 
 
 def _exit_for(error: BaseException) -> None:

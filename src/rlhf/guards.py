@@ -168,8 +168,6 @@ def acquire_lock(folder: str | Path, log: Log | None = _stderr) -> None:
     key = str(folder.resolve())
     if key in _HELD:
         return
-    if not _HELD:
-        atexit.register(release_all)  # a normal exit (an error included) leaves no lock file behind
     path = folder / LOCK_FILE
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -192,7 +190,7 @@ def acquire_lock(folder: str | Path, log: Log | None = _stderr) -> None:
         os.close(fd)
     previous = _holder(fd)
     pid = previous.get("pid")
-    if pid and pid != os.getpid() and log is not None:
+    if isinstance(pid, int) and pid != os.getpid() and log is not None:
         state = "is no longer running" if not _pid_alive(pid) else "no longer holds it"
         log(f"{folder}: taking over the lock of pid {pid}, which {state}")
     os.ftruncate(fd, 0)
@@ -217,6 +215,9 @@ def release_all() -> None:
     """Release every lock this process holds."""
     for key in list(_HELD):
         release_lock(key)
+
+
+atexit.register(release_all)  # a normal exit (an error's included) leaves no lock file behind
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -426,10 +427,14 @@ def enter_stage(folder: Path, stage: str, cfg, log: Log = _stderr) -> None:
     """What a stage does first, before writing anything: check its devices and inputs
     (``rlhf.preflight.check_stage``), take the lock of its output folder, remove leftovers of
     interrupted writes, and check its settings against those of the folder's outputs (a stage alone with
-    ``run.resume=false`` starts over instead)."""
+    ``run.resume=false`` starts over instead). Under ``torch.distributed`` only the main process locks
+    and compares."""
     from rlhf.preflight import check_stage
+    from rlhf.training import is_main_process
 
     check_stage(cfg)
+    if not is_main_process():  # the main process locks and writes; the other ranks only read
+        return
     acquire_lock(folder, log)
     remove_leftovers(folder, log)
     run = getattr(cfg, "run", None)

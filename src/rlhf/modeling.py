@@ -149,6 +149,13 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     path, gguf = resolve_model(name, gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
+    config = Path(path).expanduser() / "config.json"
+    if not gguf and config.is_file():  # a classifier would load with a random LM head: refuse it
+        architectures = json.loads(config.read_text()).get("architectures") or []
+        if architectures and all(a.endswith("ForSequenceClassification") for a in architectures):
+            raise NotAModelError(
+                f"model {name!r}: a {architectures[0]} (a reward or value model), not a language model"
+            )
     model = _from_pretrained(
         "model", name, lambda: AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     )
