@@ -116,6 +116,10 @@ def test_a_non_finite_model_is_never_done_nor_loaded(tmp_path, lab_base_path):
     _nan_copy(lab_base_path, tmp_path / "x" / "sft" / "final")
     with pytest.raises(StateError, match=r"sft/final cannot count as done: .*nan or inf.*--restart sft"):
         run_pipeline(cfg, **QUIET)
+    guards.prepare_run(cfg, stage_configs(cfg), restart=("sft",), **QUIET)  # starting over is the way out
+    assert not (tmp_path / "x" / "sft" / "final").exists()
+    _nan_copy(lab_base_path, tmp_path / "x" / "sft" / "final")
+    guards.release_lock(tmp_path / "x")
     with pytest.raises(StateError, match="holds nan or inf"):
         load_causal_lm(str(tmp_path / "x" / "sft" / "final"))
     stats = tmp_path / "reward_stats.json"
@@ -183,6 +187,9 @@ def test_a_stage_rerun_with_other_settings_refuses_unless_restarted(tmp_path, la
     # --restart starts the stage over with the new settings, which the folder then records.
     args = _sft_args(tmp_path, lab_base_path, **{"optim.lr": 3e-4})
     assert CliRunner().invoke(main, ["sft", *args]).exit_code == 1  # refused: the command says so too
+    # A restart that cannot start (no such device) removes nothing.
+    assert CliRunner().invoke(main, ["sft", "--restart", *args, "run.device=cuda:99"]).exit_code == 1
+    assert list_checkpoints(Path(cfg.run.output_dir)) and (Path(cfg.run.output_dir) / "final").is_dir()
     result = CliRunner().invoke(main, ["sft", "--restart", *args])
     assert result.exit_code == 0, result.output
     assert "starting over, removed checkpoints, final" in result.output
@@ -211,6 +218,10 @@ def test_rlhf_run_compares_every_stage_before_the_first_and_restarts_from_one(tm
     evals, evals_stages = config("collect.prompts=96", "eval.prompts=24")
     with pytest.raises(SettingsChangedError, match=r"eval: eval.prompts \(240 -> 24\)"):
         guards.prepare_run(evals, evals_stages, **QUIET)
+    # A restart of a later stage does not hide the collection's change, and removes nothing.
+    with pytest.raises(SettingsChangedError, match="collect: prompts"):
+        guards.prepare_run(more, more_stages, restart=("ppo",), **QUIET)
+    assert (d / "prefs" / "summary.json").exists() and (d / "eval.json").exists()
     # Starting over from the collection removes it and every later stage's outputs.
     (d / "eval.json").write_text("{}")
     guards.prepare_run(more, more_stages, restart=("collect",), **QUIET)

@@ -255,9 +255,11 @@ def _run_stage(train, cfg, restart: bool = False):
     """Run one stage's ``train(cfg, log=...)``; with ``restart``, remove the stage's outputs in its
     folder first (under its lock)."""
     from rlhf import guards
+    from rlhf.preflight import check_stage
 
     def call(log):
         if restart:
+            check_stage(cfg)  # a stage that cannot start removes nothing
             folder = Path(cfg.run.output_dir if hasattr(cfg, "run") else cfg.output_dir)
             guards.acquire_lock(folder, log)
             guards.clear_outputs(folder, log)

@@ -456,9 +456,10 @@ def _eval_settings(cfg) -> dict[str, Any]:
 def prepare_run(cfg, stages: dict[str, Any], restart: Iterable[str] = (), log: Log = _stderr) -> None:
     """What ``rlhf run`` does before its first stage: check everything it can
     (``rlhf.preflight.check_run``), take the run folder's lock, remove leftovers of interrupted writes,
-    count a torn done-marker (``prefs/summary.json``, ``eval.json``) as missing, start over from the
-    earliest stage in ``restart`` (it and every later stage, which are made from it), then refuse
-    settings that differ from those of any stage's outputs, and a finished model that is not finite."""
+    count a torn done-marker (``prefs/summary.json``, ``eval.json``) as missing, refuse settings that
+    differ from those of a stage's outputs and a finished model that is not finite, then start over from
+    the earliest stage in ``restart`` (it and every later stage, which are made from it; those are not
+    compared). Nothing is removed before every check has passed."""
     from rlhf.errors import UsageError
     from rlhf.preflight import check_run
 
@@ -474,15 +475,9 @@ def prepare_run(cfg, stages: dict[str, Any], restart: Iterable[str] = (), log: L
     for marker in (d / "prefs" / "summary.json", d / "eval.json"):
         if marker.exists() and read_json_state(marker, log) is None:
             marker.unlink()
-    if restart:
-        for stage in RUN_STAGES[min(RUN_STAGES.index(s) for s in restart) :]:
-            if stage in folders:
-                clear_outputs(folders[stage], log)
-            else:
-                for name in ("eval.json", EVAL_FINGERPRINT):
-                    (d / name).unlink(missing_ok=True)
+    kept = RUN_STAGES[: min(RUN_STAGES.index(s) for s in restart)] if restart else RUN_STAGES
     changed = []
-    for stage in RUN_STAGES:
+    for stage in kept:
         if stage in folders:
             diff = settings_problem(folders[stage], stages[stage], log)
         else:
@@ -491,18 +486,23 @@ def prepare_run(cfg, stages: dict[str, Any], restart: Iterable[str] = (), log: L
         if diff:
             changed.append(f"{stage}: {', '.join(diff)}")
     if changed:
-        first = changed[0].split(":")[0]
+        first = changed[0].split(":")[0]  # the earliest stage whose settings changed
         raise SettingsChangedError(
             f"{d}: the settings differ from those its stages were made with ({'; '.join(changed)}); rerun "
             f"with --restart {first} to start over from {first} (and every later stage), or keep the old "
             f"values (keys safe to change on a rerun: {', '.join(SAFE_TO_CHANGE)})"
         )
-    for stage, folder in folders.items():
-        problem = folder_problem(folder / "final") if (folder / "final").is_dir() else None
+    for stage in [s for s in kept if s in folders]:
+        final = folders[stage] / "final"
+        problem = folder_problem(final) if final.is_dir() else None
         if problem:
-            raise StateError(
-                f"{folder / 'final'} cannot count as done: {problem}; rerun with --restart {stage}"
-            )
+            raise StateError(f"{final} cannot count as done: {problem}; rerun with --restart {stage}")
+    for stage in RUN_STAGES[len(kept) :]:
+        if stage in folders:
+            clear_outputs(folders[stage], log)
+        else:
+            for name in ("eval.json", EVAL_FINGERPRINT):
+                (d / name).unlink(missing_ok=True)
     if not (d / "eval.json").exists():
         from rlhf.training import atomic_file
 
