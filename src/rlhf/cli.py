@@ -382,9 +382,10 @@ def run_all(preset: str | None, args: tuple[str, ...], restart: tuple[str, ...] 
     """Every stage: rlhf run [--preset NAME] [CONFIG.yaml] [key=value ...] (e.g. name=x ppo.max_steps=40).
 
     base model -> SFT -> preference collection -> reward model -> PPO -> evaluation -> report, under
-    runs/<name>/. A rerun skips finished stages and resumes an interrupted one. Keys: rlhf.pipeline.RunConfig;
-    its sft/collect/rm/ppo sections override those stages' configs (laptop-sized defaults in
-    rlhf.pipeline.RUN_DEFAULTS)."""
+    runs/<name>/. A rerun skips finished stages and resumes an interrupted one; with other settings it
+    refuses, naming the keys, unless --restart STAGE starts that stage and the later ones over. Keys:
+    rlhf.pipeline.RunConfig; its sft/collect/rm/ppo sections override those stages' configs
+    (laptop-sized defaults in rlhf.pipeline.RUN_DEFAULTS)."""
     from rlhf.pipeline import RunConfig, run_pipeline
     from rlhf.run_eval import summary_table
 

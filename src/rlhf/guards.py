@@ -238,6 +238,7 @@ SAFE_TO_CHANGE = (
     "run.tensorboard",
     "run.resume",
 )
+_WHERE = ("run.output_dir", "output_dir")  # the folder itself: a moved folder is the same run
 
 
 def flat_settings(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -258,8 +259,9 @@ def settings_of(cfg) -> dict[str, Any]:
 
 
 def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key (old -> new)`` for every key whose value differs, keys in :data:`SAFE_TO_CHANGE` left out."""
-    keys = [k for k in dict.fromkeys([*old, *new]) if k not in SAFE_TO_CHANGE]
+    """``key (old -> new)`` for every key whose value differs, keys in :data:`SAFE_TO_CHANGE` (and the
+    output folder's own path) left out."""
+    keys = [k for k in dict.fromkeys([*old, *new]) if k not in SAFE_TO_CHANGE + _WHERE]
     missing = "(unset)"
     return [f"{k} ({old.get(k, missing)} -> {new.get(k, missing)})" for k in keys if old.get(k) != new.get(k)]
 

@@ -75,7 +75,9 @@ class RunSettings(BaseModel):
     eval_every: int = Field(50, ge=0, description="steps between evaluations (0: only at the end)")
     save_every: int = Field(100, ge=0, description="steps between checkpoints (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (older ones are deleted)")
-    resume: bool = Field(True, description="continue from the newest complete checkpoint in output_dir")
+    resume: bool = Field(
+        True, description="continue from the newest complete checkpoint in output_dir (false: start over)"
+    )
     tensorboard: bool = Field(False, description="also write TensorBoard events (needs `tensorboard`)")
     progress: bool = Field(True, description="show a progress bar")
 
