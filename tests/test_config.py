@@ -106,7 +106,9 @@ def test_stage_commands_report_bad_data_and_missing_models_without_a_traceback(t
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "chosen": "a", "rejected": "b"}\n{"prompt": "hi", "chosen": "a"}\n')
     out = f"run.output_dir={tmp_path / 'rm'}"
-    result = CliRunner().invoke(main, ["rm", f"model={lab_base_path}", f"data={bad}", "max_steps=1", out])
+    result = CliRunner().invoke(
+        main, ["rm", f"model={lab_base_path}", f"data={bad}", "eval_data=null", "max_steps=1", out]
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{bad}:2: field 'rejected': missing required field" in result.output
     missing = tmp_path / "no" / "such" / "model"

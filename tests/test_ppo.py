@@ -265,7 +265,7 @@ def tok(lab_base_path):
 def tiny_rm(tmp_path_factory, lab_base_path, tok) -> Path:
     """A (randomly initialised) lab reward model saved with its reward_stats.json."""
     torch.manual_seed(0)
-    model = load_reward_model(str(lab_base_path))
+    model = load_reward_model(str(lab_base_path), fresh_head=True)
     folder = tmp_path_factory.mktemp("rm")
     model.save_pretrained(folder)
     tok.save_pretrained(folder)

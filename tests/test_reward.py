@@ -104,7 +104,7 @@ def tok(lab_base_path):
 @pytest.fixture(scope="module")
 def fresh_rm(lab_base_path):
     torch.manual_seed(0)
-    return load_reward_model(str(lab_base_path)).eval()
+    return load_reward_model(str(lab_base_path), fresh_head=True).eval()
 
 
 def test_score_is_read_at_the_same_token_for_any_padding(tok, fresh_rm):
@@ -149,7 +149,7 @@ def test_pack_sequences_layout():
 
 def test_packed_scores_and_gradients_equal_padded_ones(tok, lab_base_path):
     torch.manual_seed(0)
-    rm = load_reward_model(str(lab_base_path))
+    rm = load_reward_model(str(lab_base_path), fresh_head=True)
     assert supports_packing(rm)
     assert not supports_packing(load_causal_lm(str(lab_base_path)))  # no score head: scored padded
     texts = [
@@ -198,7 +198,7 @@ def test_a_reward_model_from_a_causal_lm_loads_quietly_and_a_missing_folder_is_n
     from rlhf.modeling import ModelNotFoundError, resolve_model
 
     verbosity = hf_logging.get_verbosity()
-    load_reward_model(str(lab_base_path))
+    load_reward_model(str(lab_base_path), fresh_head=True)
     # The new score head is expected from a causal LM: no "MISSING" report, and logging is as it was.
     assert "MISSING" not in capfd.readouterr().err and hf_logging.get_verbosity() == verbosity
     for name in (str(tmp_path / "nope"), "./nope/x", "a/b/c"):

@@ -13,6 +13,7 @@ rlhf refusal-check CSV            # the refusal classifier against human labels 
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import sys
@@ -21,8 +22,14 @@ from pathlib import Path
 import click
 
 # The lab presets' names, for --help (importing rlhf.lab here would slow every command's start;
-# a test keeps this equal to rlhf.lab.annotators.PRESETS).
+# a test keeps this equal to rlhf.lab.annotators.PRESETS), and the stages `rlhf run --restart` takes
+# (a test keeps them equal to rlhf.guards.RUN_STAGES).
 _PRESETS = "default, length-biased, sycophantic"
+_RUN_STAGES = ("sft", "collect", "rm", "ppo", "eval")
+# A full disk or quota, a read-only file system, a permission: what the user can fix.
+_FULL_DISK = tuple(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES") if hasattr(errno, name)
+)
 
 
 # Every command that reads a dataset takes the same skip policy.
@@ -35,7 +42,50 @@ ON_ERROR = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _exit_for(error: BaseException) -> None:
+    """Exit with a one-line message for an error the user can cause and fix (``rlhf.errors.UsageError``,
+    an interruption, a full disk, no memory left); re-raise anything else (a bug: its traceback helps)."""
+    from rlhf.errors import UsageError
+
+    if isinstance(error, UsageError):
+        click.echo(f"{error.label}: {error.one_line()}", err=True)
+        sys.exit(error.exit_code)
+    if isinstance(error, KeyboardInterrupt):
+        click.echo("interrupted: run the same command again to resume", err=True)
+        sys.exit(130)
+    if isinstance(error, OSError) and error.errno in _FULL_DISK:
+        click.echo(f"error: {error.strerror}: {error.filename or ''}".rstrip(": "), err=True)
+        sys.exit(1)
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        click.echo("error: out of memory; lower batch_size (or max_length, rollout_size)", err=True)
+        sys.exit(1)
+    raise error
+
+
+class _Main(click.Group):
+    """The ``rlhf`` group: every command's user errors end in one line and an exit code (see
+    :func:`_exit_for`), never in a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (Exception, KeyboardInterrupt) as error:
+            if isinstance(error, click.exceptions.ClickException | click.exceptions.Exit | click.Abort):
+                raise
+            _exit_for(error)
+
+
+def _check_output(path: str | None) -> None:
+    """An ``--output`` file must go into an existing folder (checked before the work, not after)."""
+    from rlhf.errors import UsageError
+
+    if path and not Path(path).expanduser().resolve().parent.is_dir():
+        raise UsageError(
+            f"--output {path}: the folder {Path(path).expanduser().resolve().parent} does not exist"
+        )
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rlhf")
 def main() -> None:
     """rlhf: SFT -> reward model -> PPO, readable and fast, from a laptop CPU up."""
@@ -60,7 +110,9 @@ def _build(seed: int, steps: int | None) -> Path:
 
 @lab.command("build")
 @click.option("--seed", default=0, show_default=True, help="Seed of the corpus, tokenizer and weights.")
-@click.option("--steps", type=int, default=None, help="Pretraining steps (default: the spec's).")
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=None, help="Pretraining steps (default: the spec's)."
+)
 def lab_build(seed: int, steps: int | None) -> None:
     """Make (or find in the cache) the lab tokenizer and base model; print its folder and figures."""
     path = _build(seed, steps)
@@ -73,7 +125,13 @@ def lab_build(seed: int, steps: int | None) -> None:
 
 @lab.command("show")
 @click.option("--preset", default="default", show_default=True, help=f"Annotator preset: {_PRESETS}.")
-@click.option("--pairs", default=2000, show_default=True, help="Pairs used for the preset statistics.")
+@click.option(
+    "--pairs",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Pairs for the preset statistics.",
+)
 @click.option("--seed", default=0, show_default=True)
 def lab_show(preset: str, pairs: int, seed: int) -> None:
     """Show lab prompts, demonstrations with their gold utility, and the preset's annotator statistics."""
@@ -113,20 +171,26 @@ def _show(preset_name: str, pairs: int, seed: int) -> None:
     default=None,
     help="A model folder (default: the lab base model).",
 )
-@click.option("-n", "--n-prompts", default=120, show_default=True, help="Held-out lab prompts.")
-@click.option("--show", default=8, show_default=True, help="Responses to print.")
+@click.option(
+    "-n",
+    "--n-prompts",
+    type=click.IntRange(min=1),
+    default=120,
+    show_default=True,
+    help="Held-out lab prompts.",
+)
+@click.option("--show", type=click.IntRange(min=0), default=8, show_default=True, help="Responses to print.")
 def lab_sample(model_path: str | None, n_prompts: int, show: int) -> None:
     """Sample a model on held-out lab prompts and score the responses with the gold judge."""
     _sample(Path(model_path) if model_path else _build(0, None), n_prompts, show)
 
 
 def _sample(path: Path, n_prompts: int, show: int) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from rlhf.lab.evaluate import gold_eval
+    from rlhf.modeling import load_causal_lm, load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = load_tokenizer(str(path))
+    model = load_causal_lm(str(path))
     report = gold_eval(model, tokenizer, n=n_prompts)
     click.echo(f"\nSamples from {path}:")
     for p, r, u in list(zip(report.prompts, report.responses, report.utilities))[:show]:
@@ -153,7 +217,7 @@ def data() -> None:
 @click.argument("source")
 @click.option("--split", default="train", show_default=True, help="Split of a Hugging Face dataset.")
 @ON_ERROR
-@click.option("--show", default=1, show_default=True, help="Records to print.")
+@click.option("--show", type=click.IntRange(min=0), default=1, show_default=True, help="Records to print.")
 def data_inspect(source: str, split: str, on_error: str, show: int) -> None:
     """Detect SOURCE's format (a file, a saved dataset folder, or a hub name) and validate every row."""
     from rlhf import data as rdata
@@ -181,94 +245,114 @@ def data_inspect(source: str, split: str, on_error: str, show: int) -> None:
 
 
 def _stage_config(cls, args: tuple[str, ...]):
-    """``[CONFIG.yaml] [key=value ...]`` -> a validated config (errors exit with the message)."""
-    from rlhf.config import ConfigError, load_config
+    """``[CONFIG.yaml] [key=value ...]`` -> a validated config (a ``ConfigError`` exits with its message,
+    see :class:`_Main`)."""
+    from rlhf.config import load_config
 
     path = args[0] if args and "=" not in args[0] else None
     overrides = list(args[1:] if path else args)
-    try:
-        return load_config(cls, path, overrides)
-    except ConfigError as e:
-        click.echo(f"config error:\n{e}", err=True)
-        sys.exit(2)
+    return load_config(cls, path, overrides)
 
 
-def _run_stage(train, cfg):
-    """Run one stage's ``train(cfg, log=...)``; see :func:`_run`."""
-    return _run(lambda log: train(cfg, log=log))
+def _run_stage(train, cfg, restart: bool = False):
+    """Run one stage's ``train(cfg, log=...)``; with ``restart``, remove the stage's outputs in its
+    folder first (under its lock)."""
+    from rlhf import guards
+    from rlhf.preflight import check_stage
+
+    def call(log):
+        if restart:
+            check_stage(cfg)  # a stage that cannot start removes nothing
+            folder = Path(cfg.run.output_dir if hasattr(cfg, "run") else cfg.output_dir)
+            guards.acquire_lock(folder, log)
+            guards.clear_outputs(folder, log)
+        return train(cfg, log=log)
+
+    return _run(call)
 
 
 def _run(call):
-    """``call(log)`` with a log to stderr; bad data or a missing model exits with its message (the file,
-    line and field, or the folder) instead of a traceback."""
-    from rlhf.config import ConfigError
-    from rlhf.data import DataError
-    from rlhf.modeling import ModelNotFoundError
+    """``call(log)`` with a log to stderr (a user's error exits with its one-line message: :class:`_Main`)."""
+    return call(lambda m: click.echo(m, err=True))
 
-    try:
-        return call(lambda m: click.echo(m, err=True))
-    except ConfigError as e:
-        click.echo(f"config error:\n{e}", err=True)
-        sys.exit(2)
-    except (DataError, ModelNotFoundError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+
+_RESTART_HELP = (
+    "Start the stage over: remove its checkpoints and outputs first (else changed settings refuse)."
+)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--restart", is_flag=True, help=_RESTART_HELP)
 @click.argument("args", nargs=-1)
-def sft(args: tuple[str, ...]) -> None:
+def sft(restart: bool, args: tuple[str, ...]) -> None:
     """Supervised fine-tuning: rlhf sft [CONFIG.yaml] [key=value ...] (e.g. optim.lr=3e-4 lora.r=16).
 
     Keys not set take the defaults of rlhf.sft.SFTConfig; configs/sft_lab.yaml is the lab's config."""
     from rlhf.sft import SFTConfig, train_sft
 
-    _run_stage(train_sft, _stage_config(SFTConfig, args))
+    _run_stage(train_sft, _stage_config(SFTConfig, args), restart)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--restart", is_flag=True, help=_RESTART_HELP)
 @click.argument("args", nargs=-1)
-def collect(args: tuple[str, ...]) -> None:
+def collect(restart: bool, args: tuple[str, ...]) -> None:
     """Preference collection on the lab: rlhf collect [CONFIG.yaml] [key=value ...].
 
     Keys not set take the defaults of rlhf.collect.CollectConfig; configs/collect_lab.yaml is the lab's."""
     from rlhf.collect import CollectConfig
     from rlhf.collect import collect as run_collect
 
-    _run_stage(run_collect, _stage_config(CollectConfig, args))
+    _run_stage(run_collect, _stage_config(CollectConfig, args), restart)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--restart", is_flag=True, help=_RESTART_HELP)
 @click.argument("args", nargs=-1)
-def rm(args: tuple[str, ...]) -> None:
+def rm(restart: bool, args: tuple[str, ...]) -> None:
     """Reward model: rlhf rm [CONFIG.yaml] [key=value ...] (e.g. lora.r=16 center_coef=0.01).
 
     Keys not set take the defaults of rlhf.reward.RMConfig; configs/rm_lab.yaml is the lab's config."""
     from rlhf.reward import RMConfig, train_rm
 
-    _run_stage(train_rm, _stage_config(RMConfig, args))
+    _run_stage(train_rm, _stage_config(RMConfig, args), restart)
 
 
 @main.command("rm-eval")
 @click.argument("reward_model")
 @click.argument("data")
 @click.option(
-    "--max-length", default=512, show_default=True, help="Pairs with a longer response are skipped."
-)
-@click.option("--batch-size", default=32, show_default=True)
+    "--max-length", type=click.IntRange(min=8), default=512, show_default=True,
+    help="Pairs with a longer response are skipped.",
+)  # fmt: skip
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--split", default="train", show_default=True, help="Split of a saved or hub dataset.")
 @click.option("--gguf-file", default=None, help="GGUF file inside REWARD_MODEL's folder, if it is one.")
 @click.option("--output", default=None, help="Write the metrics and calibration bins as JSON here.")
 @ON_ERROR
-def rm_eval(reward_model, data, max_length, batch_size, split, gguf_file, output, on_error) -> None:
+@click.option(
+    "--fresh-head", is_flag=True, help="Score a model with no reward head through a new random one."
+)
+def rm_eval(
+    reward_model, data, max_length, batch_size, split, gguf_file, output, on_error, fresh_head
+) -> None:
     """Score a saved reward model on a preference dataset (any format `rlhf rm` reads): accuracy with its
     95% interval, calibration, margin, reward-length correlation, per family where the rows name one,
     and on lab data the Bayes-optimal accuracy and the gold judge's agreement beside it."""
     from rlhf.reward import describe_eval, evaluate_saved
 
+    _check_output(output)
     values, table = _run(
         lambda log: evaluate_saved(
-            reward_model, data, max_length, batch_size, gguf_file, split, on_error=on_error, log=log
+            reward_model,
+            data,
+            max_length,
+            batch_size,
+            gguf_file,
+            split,
+            on_error=on_error,
+            log=log,
+            fresh_head=fresh_head,
         )
     )
     gold = f", gold accuracy {values['gold_accuracy']:.3f}" if "gold_accuracy" in values else ""
@@ -290,33 +374,40 @@ def rm_eval(reward_model, data, max_length, batch_size, split, gguf_file, output
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--restart", is_flag=True, help=_RESTART_HELP)
 @click.argument("args", nargs=-1)
-def ppo(args: tuple[str, ...]) -> None:
+def ppo(restart: bool, args: tuple[str, ...]) -> None:
     """PPO with a KL penalty: rlhf ppo [CONFIG.yaml] [key=value ...] (e.g. kl_coef=0 adaptive_kl=false).
 
     Keys not set take the defaults of rlhf.ppo.PPOConfig; configs/ppo_lab.yaml is the lab's config."""
     from rlhf.ppo import PPOConfig, train_ppo
 
-    _run_stage(train_ppo, _stage_config(PPOConfig, args))
+    _run_stage(train_ppo, _stage_config(PPOConfig, args), restart)
 
 
 @main.command("run", context_settings={"ignore_unknown_options": True})
 @click.option("--preset", default=None, help=f"Lab annotator preset: {_PRESETS}.")
+@click.option(
+    "--restart", type=click.Choice(_RUN_STAGES), multiple=True,
+    help="Start this stage over, and every later one (they are made from it); may be repeated.",
+)  # fmt: skip
 @click.argument("args", nargs=-1)
-def run_all(preset: str | None, args: tuple[str, ...]) -> None:
+def run_all(preset: str | None, args: tuple[str, ...], restart: tuple[str, ...] = ()) -> None:
     """Every stage: rlhf run [--preset NAME] [CONFIG.yaml] [key=value ...] (e.g. name=x ppo.max_steps=40).
 
     base model -> SFT -> preference collection -> reward model -> PPO -> evaluation -> report, under
-    runs/<name>/. A rerun skips finished stages and resumes an interrupted one. Keys: rlhf.pipeline.RunConfig;
-    its sft/collect/rm/ppo sections override those stages' configs (laptop-sized defaults in
-    rlhf.pipeline.RUN_DEFAULTS)."""
+    runs/<name>/. A rerun skips finished stages and resumes an interrupted one; with other settings it
+    refuses, naming the keys, unless --restart STAGE starts that stage and the later ones over. Keys:
+    rlhf.pipeline.RunConfig; its sft/collect/rm/ppo sections override those stages' configs
+    (laptop-sized defaults in rlhf.pipeline.RUN_DEFAULTS)."""
     from rlhf.pipeline import RunConfig, run_pipeline
     from rlhf.run_eval import summary_table
 
     if preset:
         args = (*args, f"preset={preset}")
     cfg = _stage_config(RunConfig, args)
-    report = _run_stage(run_pipeline, cfg)  # every section is checked before the first stage starts
+    # Every section, path, device and reward function is checked before the first stage starts.
+    report = _run(lambda log: run_pipeline(cfg, log=log, restart=tuple(restart)))
     eval_file = cfg.dir / "eval.json"
     if eval_file.exists():
         click.echo(summary_table(json.loads(eval_file.read_text())))
@@ -359,11 +450,19 @@ def sweep(seeds: str, preset: str | None, args: tuple[str, ...]) -> None:
 @click.option("--reference", default=None, help="Reference policy for the KL (default: the baseline).")
 @click.option("--reward-model", default=None, help="Reward model: mean reward, reward win rate, length bias.")
 @click.option(
+    "--fresh-head", is_flag=True, help="Let --reward-model have no reward head (a random one: a baseline)."
+)
+@click.option(
     "--prompts", "prompts_file", default=None, help="Prompts dataset (default: lab held-out prompts)."
 )
-@click.option("--n", "n_prompts", default=240, show_default=True, help="Prompts evaluated.")
+@click.option(
+    "--n", "n_prompts", type=click.IntRange(min=1), default=240, show_default=True, help="Prompts evaluated."
+)
 @click.option("--xstest", default=None, help="XSTest prompts CSV (e.g. ../shared/data/xstest_prompts.csv).")
-@click.option("--temperature", default=1.0, show_default=True, help="Sampling temperature of every policy.")
+@click.option(
+    "--temperature", type=click.FloatRange(min=0, min_open=True, max=100), default=1.0, show_default=True,
+    help="Sampling temperature of every policy (> 0).",
+)  # fmt: skip
 @click.option("--output", default=None, help="Write the results as JSON here.")
 @click.option(
     "--on-error",
@@ -373,23 +472,28 @@ def sweep(seeds: str, preset: str | None, args: tuple[str, ...]) -> None:
     help="Bad rows of --prompts: stop at the first, or skip them and count them.",
 )
 def eval_cmd(
-    checkpoints,
-    baseline,
-    reference,
-    reward_model,
-    prompts_file,
-    n_prompts,
-    xstest,
-    temperature,
-    output,
-    on_error,
-) -> None:
+    checkpoints, baseline, reference, reward_model, fresh_head, prompts_file, n_prompts, xstest, temperature,
+    output, on_error,
+) -> None:  # fmt: skip
     """Evaluate checkpoints against a baseline: win rate, reward, KL, length, length bias, the lab's
     failure-mode probes (sycophancy, refusals, over-refusal, consistency, uncertainty), XSTest, and a
     safety-regression comparison with the baseline."""
     from rlhf import data as rdata
+    from rlhf.preflight import check_model_path, check_xstest
     from rlhf.run_eval import evaluate_policies, summary_table
 
+    _check_output(output)
+    for key, name in [
+        *(("checkpoint", c) for c in checkpoints),
+        ("--baseline", baseline),
+        ("--reference", reference),
+    ]:
+        if name:
+            check_model_path(name, key)
+    if reward_model:
+        check_model_path(reward_model, "--reward-model")
+    if xstest:
+        check_xstest(xstest)
     policies = {Path(baseline).parent.name + "/" + Path(baseline).name: baseline}
     base_name = next(iter(policies))
     for c in checkpoints:
@@ -414,6 +518,7 @@ def eval_cmd(
     result = evaluate_policies(
         policies, base_name, reference=reference or baseline, reward_model=reward_model, n_prompts=n_prompts,
         prompts=prompts, xstest=xstest, temperature=temperature, log=lambda m: click.echo(m, err=True),
+        reward_fresh_head=fresh_head,
     )  # fmt: skip
     click.echo(summary_table(result))
     if output:
@@ -462,3 +567,7 @@ def demo(preset: str) -> None:
     click.echo("")
     ctx = click.get_current_context()
     ctx.invoke(run_all, preset=preset, args=("name=demo",))
+
+
+if __name__ == "__main__":
+    main()

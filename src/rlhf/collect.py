@@ -32,6 +32,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from rlhf import guards
 from rlhf.config import StageConfig
 from rlhf.data import write_jsonl
 from rlhf.lab.annotators import PresetName, bayes_accuracy, get_preset, with_ties
@@ -40,6 +41,7 @@ from rlhf.lab.preferences import label_pair
 from rlhf.lab.world import sample_prompts
 from rlhf.modeling import load_causal_lm, load_tokenizer
 from rlhf.sampling import generate
+from rlhf.training import atomic_file
 
 
 class CollectConfig(StageConfig):
@@ -74,6 +76,7 @@ def _pairs(k: int, pairing: str) -> list[tuple[int, int]]:
 def collect(cfg: CollectConfig, log=print) -> Path:
     """Run the collection; return the output folder."""
     out = Path(cfg.output_dir)
+    guards.enter_stage(out, "collect", cfg, log)  # policy checked, folder locked, settings compared
     preset = with_ties(get_preset(cfg.preset), cfg.tie_prob) if cfg.tie_prob else get_preset(cfg.preset)
     tokenizer, model = load_tokenizer(cfg.policy), load_causal_lm(cfg.policy)
 
@@ -133,9 +136,11 @@ def collect(cfg: CollectConfig, log=print) -> Path:
         if cfg.tie_prob:
             write_jsonl([r for r in rows if r["tie"]], out / tie_file(name))
         summary[name] = split_summary(rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    with atomic_file(out / "summary.json") as f:  # the file that marks the collection done
+        json.dump(summary, f, indent=2)
     (out / "config.yaml").write_text(cfg.to_yaml())
     ties = sum(r["tie"] for rows in splits.values() for r in rows)
+    guards.release_lock(out)
     log(
         f"wrote {len(splits['train'])} train and {len(splits['eval'])} eval pairs to {out}"
         + (f", {ties} of them ties in *_ties.jsonl" if cfg.tie_prob else "")

@@ -11,6 +11,7 @@ value.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,12 +19,35 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from rlhf.errors import UsageError
+
 C = TypeVar("C", bound="StageConfig")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A configuration that cannot be used; the message lists every problem found."""
+
+    exit_code = 2
+    label = "config error"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML would
+    silently keep the last value)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise ConfigError(
+                    f"{self.name}:{line}: key '{key}' is given twice (first on line {seen[key]}); keep one"
+                )
+            if isinstance(key, str | int | float | bool):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 class StageConfig(BaseModel):
@@ -110,7 +134,12 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         except OSError as e:
             raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
         try:
-            loaded = yaml.safe_load(text)
+            loader = _UniqueKeyLoader(text)
+            loader.name = str(path)
+            try:
+                loaded = loader.get_single_data()
+            finally:
+                loader.dispose()
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):
@@ -138,6 +167,31 @@ def with_nested_defaults(cls: type[BaseModel], tree: dict[str, Any]) -> dict[str
 def validate_config(cls: type[C], tree: dict[str, Any], where: str) -> C:
     """Validate a mapping as ``cls``; errors name ``where`` (a file, or a section of one)."""
     try:
-        return cls.model_validate(with_nested_defaults(cls, tree))
+        cfg = cls.model_validate(with_nested_defaults(cls, tree))
     except ValidationError as e:
         raise ConfigError(_describe(cls, e, where)) from None
+    bad = non_finite_fields(cfg)
+    if bad:
+        raise ConfigError(
+            "\n".join(f"{where}: '{key}': must be a finite number (got {value})" for key, value in bad)
+        )
+    return cfg
+
+
+def non_finite_fields(model: BaseModel, prefix: str = "") -> list[tuple[str, float]]:
+    """``(dotted key, value)`` of every float setting of ``model`` (nested sections, lists and tuples
+    included) that is inf or nan: pydantic's ``gt=0`` lets ``inf`` through (``optim.lr=inf``)."""
+    out: list[tuple[str, float]] = []
+
+    def visit(key: str, value: Any) -> None:
+        if isinstance(value, BaseModel):
+            out.extend(non_finite_fields(value, key + "."))
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                visit(f"{key}.{i}", item)
+        elif isinstance(value, float) and not math.isfinite(value):
+            out.append((key, value))
+
+    for name in type(model).model_fields:
+        visit(prefix + name, getattr(model, name))
+    return out

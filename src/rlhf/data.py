@@ -97,6 +97,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
+from rlhf.errors import UsageError
+
 #: Format name -> the keys that identify it (checked in this order by :func:`detect_format`).
 FORMATS: dict[str, str] = {
     "preference": "{'prompt', 'chosen', 'rejected'}",
@@ -112,7 +114,7 @@ REASONING_KEYS = ("thinking", "reasoning_content")  # on assistant messages; pas
 OnError = Literal["raise", "skip"]
 
 
-class DataError(ValueError):
+class DataError(UsageError, ValueError):
     """A problem with the data, located: ``"<location>: field '<field>': <problem>"``.
 
     ``reason`` is a short, row-independent category (``"chosen identical to rejected"``) under which
@@ -293,7 +295,7 @@ def _iter_file(path: Path) -> Iterator[RowOrError]:
     if name.endswith(".jsonl"):
         yield from _iter_json_lines(_read_lines(path), str(path))
     elif name.endswith(".json"):
-        data = b"".join(_read_lines(path))  # a JSON array is parsed whole
+        data = b"".join(_read_lines(path)).removeprefix(_BOM)  # a JSON array is parsed whole
         if data.lstrip().startswith(b"["):
             yield from _iter_json_array(_decode(data, str(path)), str(path))
         else:
@@ -338,7 +340,7 @@ def _iter_json_lines(lines: Iterable[bytes], path: str) -> Iterator[RowOrError]:
     for lineno, line in enumerate(lines, 1):
         location = f"{path}:{lineno}"
         try:
-            text = line.decode("utf-8")
+            text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a leading BOM is dropped
         except UnicodeDecodeError as error:
             problem = f"not valid UTF-8 (byte {error.start + 1} of the line: {error.reason})"
             yield location, DataError(location, problem, reason="not UTF-8")
@@ -351,10 +353,15 @@ def _iter_json_lines(lines: Iterable[bytes], path: str) -> Iterator[RowOrError]:
             problem = f"bad JSON: {error.msg} (column {error.colno})"
             yield location, DataError(location, problem, reason="bad JSON")
             continue
+        except RecursionError:
+            yield location, DataError(location, _TOO_DEEP, reason="nested too deeply")
+            continue
         yield location, _object_or_error(row, location)
 
 
 _SPACE = re.compile(r"[ \t\r\n]*")
+_BOM = b"\xef\xbb\xbf"
+_TOO_DEEP = "bad JSON: nested too deeply for Python's parser (thousands of levels of arrays or objects)"
 
 
 def _iter_json_array(text: str, path: str) -> Iterator[RowOrError]:
@@ -373,6 +380,8 @@ def _iter_json_array(text: str, path: str) -> Iterator[RowOrError]:
             item, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as error:
             raise bad_json(error.pos, f"{error.msg} (column {error.colno})") from error
+        except RecursionError:
+            raise bad_json(pos, _TOO_DEEP.removeprefix("bad JSON: ")) from None
         yield f"{path}:{line}", _object_or_error(item, f"{path}:{line}")
         pos = _SPACE.match(text, end).end()
         if text.startswith(",", pos):

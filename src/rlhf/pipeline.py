@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from rlhf.config import ConfigError, StageConfig, merge_trees, validate_config
+from rlhf.guards import prepare_run, read_json_state, release_lock
 from rlhf.lab.annotators import PresetName
 from rlhf.training import atomic_file
 
@@ -264,9 +265,12 @@ def round_accuracies(cfg: RunConfig, stage: str, log=print) -> dict[str, float]:
     return row
 
 
-def run_pipeline(cfg: RunConfig, log=print, stop_after: dict[str, int] | None = None) -> Path:
+def run_pipeline(
+    cfg: RunConfig, log=print, stop_after: dict[str, int] | None = None, restart: tuple[str, ...] = ()
+) -> Path:
     """Run every stage not yet complete; return the report's path. ``stop_after``: ``{stage: step}``
-    ends that training stage after that step as if interrupted (the next call resumes it)."""
+    ends that training stage after that step as if interrupted (the next call resumes it). ``restart``:
+    stages to start over (each, and every later stage); see ``rlhf.guards.prepare_run``."""
     from rlhf.collect import collect
     from rlhf.modeling import lab_seed, resolve_model
     from rlhf.ppo import train_ppo
@@ -274,12 +278,13 @@ def run_pipeline(cfg: RunConfig, log=print, stop_after: dict[str, int] | None = 
     from rlhf.sft import train_sft
 
     stages = stage_configs(cfg)
+    prepare_run(cfg, stages, restart, log)  # every check, the run's lock, changed settings
     d = cfg.dir
     d.mkdir(parents=True, exist_ok=True)
     with atomic_file(d / "config.yaml") as f:
         f.write(cfg.to_yaml())
     timings_file = d / "timings.json"
-    timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    timings: dict[str, float] = read_json_state(timings_file, log) or {}
     stop_after = stop_after or {}
 
     def timed(stage: str, fn) -> Any:
@@ -328,5 +333,7 @@ def run_pipeline(cfg: RunConfig, log=print, stop_after: dict[str, int] | None = 
             with atomic_file(timings_file) as f:
                 json.dump(timings, f, indent=2)
             log(f"{stage} stopped before the end after {time.perf_counter() - t0:.0f} s; run again to resume")
+            release_lock(d)
             return d
+    release_lock(d)
     return d / "report.html"

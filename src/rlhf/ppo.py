@@ -41,6 +41,8 @@ import torch
 from pydantic import BaseModel, Field, model_validator
 
 from rlhf import data as rdata
+from rlhf.errors import StateError, UsageError
+from rlhf.guards import read_json_state, read_reward_stats
 from rlhf.losses import (
     adaptive_kl_coef,
     conservative_reward,
@@ -99,6 +101,7 @@ class RewardModelSpec(BaseModel):
     gguf_file: str | None = Field(None, description="a GGUF file inside `path`")
     weight: float = Field(1.0, description="weight in the combined reward")
     normalize: bool = Field(True, description="standardise with the reward_stats.json stored beside it")
+    fresh_head: bool = Field(False, description="a model with no reward head gets a random one (a baseline)")
 
 
 class RewardFunctionSpec(BaseModel):
@@ -356,7 +359,9 @@ class Scorer:
         self.spec = spec
         self.path = spec.path
         self.tokenizer = load_tokenizer(spec.path, spec.gguf_file)
-        self.model = load_reward_model(spec.path, spec.gguf_file, pad_token_id=self.tokenizer.pad_token_id)
+        self.model = load_reward_model(
+            spec.path, spec.gguf_file, pad_token_id=self.tokenizer.pad_token_id, fresh_head=spec.fresh_head
+        )
         self.model.to(device).eval().requires_grad_(False)
         # Same vocabulary: score the policy's token ids directly; otherwise re-render the text.
         self.same_tokens = self.tokenizer.get_vocab() == policy_tokenizer.get_vocab()
@@ -364,8 +369,8 @@ class Scorer:
         stats = Path(spec.path) / "reward_stats.json"
         if spec.normalize:
             if not stats.exists():
-                raise FileNotFoundError(f"{stats}: missing (set normalize: false for this reward model)")
-            s = json.loads(stats.read_text())
+                raise StateError(f"{stats}: missing (set normalize: false for this reward model)")
+            s = read_reward_stats(stats)
             self.mean, self.std = float(s["mean"]), max(float(s["std"]), 1e-6)
 
     @torch.no_grad()
@@ -453,7 +458,7 @@ def sample(policy, tokenizer, prompt_ids, prompt_mask, cfg: PPOConfig) -> torch.
         do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens,
         min_new_tokens=0, repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0, min_p=0.0,
         epsilon_cutoff=0.0, eta_cutoff=0.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        stop_strings=cfg.stop_strings or None,
+        stop_strings=cfg.stop_strings or None, remove_invalid_values=True,  # nan logits: caught by the NaN guard
     )  # fmt: skip
     extra = {"tokenizer": tokenizer} if cfg.stop_strings else {}
     out = policy.generate(
@@ -492,11 +497,12 @@ class PPO:
         else:
             path = self.scorers[0].members[0].path if cfg.critic == "reward" else cfg.critic
             if cfg.critic == "reward" and not self.scorers[0].members[0].same_tokens:
-                raise ValueError(
+                raise UsageError(
                     f"critic=reward: the reward model {path} has another tokenizer than the policy; "
                     "use critic=policy_head or a critic folder with the policy's tokenizer"
                 )
-            critic = load_reward_model(path, pad_token_id=self.tokenizer.pad_token_id)
+            # A value model may start from a causal LM (a critic folder): its head is new by design.
+            critic = load_reward_model(path, pad_token_id=self.tokenizer.pad_token_id, fresh_head=True)
             self.critic = prepare_for_training(
                 critic, cfg.lora, cfg.run.gradient_checkpointing, "SEQ_CLS", ["score"]
             ).to(device)
@@ -810,7 +816,7 @@ def train_ppo(cfg: PPOConfig, stop_after: int | None = None, log=print) -> Path:
     if len(keep) < len(train_tokens):
         log(f"skipped {len(train_tokens) - len(keep)} prompts longer than max_length={cfg.max_length}")
     if not keep:
-        raise ValueError(f"{cfg.data}: no prompt fits max_length={cfg.max_length}")
+        raise UsageError(f"{cfg.data}: no prompt fits max_length={cfg.max_length}")
     train_records = [train_records[i] for i in keep]
     train_tokens, train_plain = [train_tokens[i] for i in keep], [train_plain[i] for i in keep]
     eval_tokens, eval_plain = encode_prompts(eval_records, tok, cfg.max_length)
@@ -833,7 +839,7 @@ def train_ppo(cfg: PPOConfig, stop_after: int | None = None, log=print) -> Path:
     reference: list[str] = []
     if eval_records:
         if reference_file.exists():
-            reference = json.loads(reference_file.read_text())
+            reference = read_json_state(reference_file, log) or []  # a torn file is made again
         if len(reference) != len(eval_records):
             reference = generate_for_eval(ppo, ppo._reference(), eval_tokens, cfg.run.seed + 1)
             if is_main_process():
@@ -866,11 +872,13 @@ def train_ppo(cfg: PPOConfig, stop_after: int | None = None, log=print) -> Path:
         idx = stream.take(cfg.rollout_size)
         records, plain = [train_records[i] for i in idx], [train_plain[i] for i in idx]
         rollout, responses, roll_stats = ppo.rollout(records, plain, [train_tokens[i] for i in idx])
+        run.check_finite(step + 1, **roll_stats)  # scores, rewards and KL
         if lab:
             gold = lab_gold(plain, responses, [r.meta for r in records])
             roll_stats["gold"] = sum(gold) / len(gold)
         generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)  # minibatch order
         upd_stats = ppo.update(rollout, optimizer, generator)
+        run.check_finite(step + 1, model=ppo.trained(), **upd_stats)  # losses, gradient norm, weights
         ppo.update_beta(roll_stats["kl"], cfg.rollout_size)
         scheduler.step()
         run.bar.update(1)

@@ -35,6 +35,7 @@ import torch
 from pydantic import Field
 
 from rlhf import data as rdata
+from rlhf.errors import UsageError
 from rlhf.losses import bradley_terry_loss
 from rlhf.modeling import (
     ENSEMBLE_FILE,
@@ -331,7 +332,7 @@ def load_pairs(cfg: RMConfig, tokenizer, log) -> tuple[list[Pair], list[Pair]]:
             )
         out.append(kept)
     if not out[0]:
-        raise ValueError(f"{cfg.data}: no training pair left")
+        raise UsageError(f"{cfg.data}: no training pair left")
     if cfg.bootstrap:  # n pairs drawn with replacement, by this member's seed
         rng = random.Random(cfg.run.seed)
         out[0] = [out[0][i] for i in rng.choices(range(len(out[0])), k=len(out[0]))]
@@ -348,13 +349,16 @@ def describe_eval(values: dict[str, float]) -> str:
 def evaluate_saved(
     model_path: str, data: str, max_length: int = 512, batch_size: int = 32, gguf_file: str | None = None,
     split: str = "train", device: str = "auto", on_error: rdata.OnError = "raise", log=print,
+    fresh_head: bool = False,
 ) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
     """``rlhf rm-eval``: a saved reward model scored on a preference dataset, with the metrics of a training
     run's evaluation (:func:`evaluate_pairs`), plus ``pairs`` (scored) and ``skipped`` (a response
     longer than ``max_length``). Bad rows stop it, or with ``on_error="skip"`` are skipped and counted in
     the log line. Returns them and the calibration bins."""
     tokenizer = load_tokenizer(model_path, gguf_file)
-    model = load_reward_model(model_path, gguf_file, pad_token_id=tokenizer.pad_token_id)
+    model = load_reward_model(
+        model_path, gguf_file, pad_token_id=tokenizer.pad_token_id, fresh_head=fresh_head
+    )
     records, report = rdata.load_preferences(data, split=split, on_error=on_error)
     log(f"{data}: {report.summary()}")
     tokenized = [tokenize_pair(r, tokenizer, max_length) for r in records]
@@ -409,7 +413,8 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
 
     # 2. Model (a one-label sequence classifier) and tokenizer; with LoRA the score head trains in full.
     tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
-    model = load_reward_model(cfg.model, cfg.gguf_file, pad_token_id=tokenizer.pad_token_id)
+    # Training starts from any model: a causal LM (the SFT model) gets the new score head it needs.
+    model = load_reward_model(cfg.model, cfg.gguf_file, pad_token_id=tokenizer.pad_token_id, fresh_head=True)
     model = prepare_for_training(model, cfg.lora, cfg.run.gradient_checkpointing, "SEQ_CLS", ["score"])
     model.to(device).train()
     trainable, total = count_parameters(model)
@@ -449,7 +454,8 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
             window["pairs"] += len(r_chosen)
             window["correct"] += (stats["accuracy"] * stats["pairs"]).item()
             window["decisive"] += int(stats["pairs"])
-        # 5b. Clip, step, schedule.
+        # 5b. Clip, step, schedule (a non-finite loss or gradient norm stops the run first).
+        run.check_finite(step + 1, loss=window["loss"])
         grad_norm = run.optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm)
         step += 1
 
@@ -474,5 +480,6 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
 
     # 7. The final model, with the reward statistics PPO normalises with.
     stats = reward_stats(model, train, pad_id, cfg.batch_size, device, cfg.run.bf16, cfg.stats_responses)
+    run.check_finite(step, reward_mean=stats["mean"], reward_std=stats["std"])
     log(f"reward on training responses: mean {stats['mean']:+.3f}, std {stats['std']:.3f}")
     return run.finish(model, tokenizer, cfg.lora, {"reward_stats.json": json.dumps(stats, indent=2)})

@@ -23,6 +23,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rlhf.errors import RewardFunctionError
+
 RewardFn = Callable[..., Sequence[float]]
 
 
@@ -30,16 +32,16 @@ def load_reward_function(name: str) -> RewardFn:
     """Import ``module:function`` (the module must be importable: installed, or on ``PYTHONPATH``)."""
     module_name, sep, attr = name.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(
+        raise RewardFunctionError(
             f"reward function {name!r}: expected 'module:function', e.g. rlhf.rewards:contains_word"
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"reward function {name!r}: cannot import {module_name!r} ({e})") from None
+        raise RewardFunctionError(f"reward function {name!r}: cannot import {module_name!r} ({e})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise ValueError(f"reward function {name!r}: {module_name} has no callable {attr!r}")
+        raise RewardFunctionError(f"reward function {name!r}: {module_name} has no callable {attr!r}")
     return fn
 
 
@@ -49,12 +51,12 @@ def call_reward_function(
     """Call ``fn`` and check that it gave one finite number per response."""
     values = list(fn(prompts, responses, meta, **kwargs))
     if len(values) != len(responses):
-        raise ValueError(
+        raise RewardFunctionError(
             f"reward function {name}: returned {len(values)} values for {len(responses)} responses"
         )
     for i, v in enumerate(values):
         if not isinstance(v, int | float) or not math.isfinite(v):
-            raise ValueError(f"reward function {name}: value {i} is {v!r}, not a finite number")
+            raise RewardFunctionError(f"reward function {name}: value {i} is {v!r}, not a finite number")
     return [float(v) for v in values]
 
 
@@ -91,6 +93,8 @@ def lab_prompt(prompt: Any, meta: dict):
     from rlhf.lab.world import LabPrompt
 
     if "truth" not in meta or "family" not in meta:
-        raise ValueError("lab reward: the prompt row has no `family`/`truth` columns (not a lab prompt)")
+        raise RewardFunctionError(
+            "lab reward: the prompt row has no `family`/`truth` columns (not a lab prompt)"
+        )
     text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
     return LabPrompt(meta["family"], text, meta.get("key", ""), meta["truth"])

@@ -51,6 +51,7 @@ def evaluate_policies(
     seed: int = 0,
     temperature: float = 1.0,
     log=print,
+    reward_fresh_head: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``policies`` (name -> folder); ``baseline`` names one of them. ``prompts``: plain prompts
     (strings or conversations) to use instead of the lab's held-out prompts."""
@@ -70,8 +71,10 @@ def evaluate_policies(
     if reward_model:
         first_tok = load_tokenizer(next(iter(policies.values())))
         stats = [Path(m) / "reward_stats.json" for m in reward_model_members(reward_model)]
-        scorer = RewardEnsemble(RewardModelSpec(path=reward_model, normalize=all(f.exists() for f in stats)),
-                                first_tok, torch.device("cpu"))  # fmt: skip
+        spec = RewardModelSpec(
+            path=reward_model, normalize=all(f.exists() for f in stats), fresh_head=reward_fresh_head
+        )
+        scorer = RewardEnsemble(spec, first_tok, torch.device("cpu"))
     ref_model = _load(reference)[0] if reference else None
 
     def conv(p, r):

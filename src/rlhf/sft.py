@@ -38,6 +38,7 @@ import torch
 from pydantic import Field, model_validator
 
 from rlhf import data as rdata
+from rlhf.errors import UsageError
 from rlhf.losses import sft_loss
 from rlhf.modeling import count_parameters, lab_seed, load_causal_lm, load_tokenizer, prepare_for_training
 from rlhf.training import (
@@ -172,7 +173,7 @@ def _conversation(
         last = i == len(messages) - 1  # then the turn ends where the conversation does
         end = ids if last else _chat_ids(tokenizer, messages[: i + 1], False, kwargs)
         if ids[: len(start)] != start or ids[: len(end)] != end:
-            raise ValueError("the chat template does not render a conversation's beginning as a prefix of it")
+            raise UsageError("the chat template does not render a conversation's beginning as a prefix of it")
         mask[len(start) : len(end)] = [True] * (len(end) - len(start))
     return Example(ids, mask)
 
@@ -257,7 +258,7 @@ def prepare(records, tokenizer, cfg: SFTConfig, what: str, log) -> list[Example]
     if counts:
         log(f"{what}: " + ", ".join(f"{reason}: {n}" for reason, n in counts.items()))
     if not out:
-        raise ValueError(f"{what}: no example left after tokenisation ({dict(counts)})")
+        raise UsageError(f"{what}: no example left after tokenisation ({dict(counts)})")
     return out
 
 
@@ -361,7 +362,8 @@ def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
             window["nll"] += stats["nll_sum"].item()
             window["tokens"] += int(stats["tokens"])
             window["seen"] += int(batch["attention_mask"].sum())
-        # 5c. Clip, step, schedule.
+        # 5c. Clip, step, schedule (a non-finite loss or gradient norm stops the run first).
+        run.check_finite(step + 1, loss=window["nll"])
         grad_norm = run.optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm)
         step += 1
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from rlhf import guards
 from rlhf.config import StageConfig
 
 # ---------------------------------------------------------------------------------------------------
@@ -74,7 +75,9 @@ class RunSettings(BaseModel):
     eval_every: int = Field(50, ge=0, description="steps between evaluations (0: only at the end)")
     save_every: int = Field(100, ge=0, description="steps between checkpoints (0: only at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (older ones are deleted)")
-    resume: bool = Field(True, description="continue from the newest complete checkpoint in output_dir")
+    resume: bool = Field(
+        True, description="continue from the newest complete checkpoint in output_dir (false: start over)"
+    )
     tensorboard: bool = Field(False, description="also write TensorBoard events (needs `tensorboard`)")
     progress: bool = Field(True, description="show a progress bar")
 
@@ -158,6 +161,9 @@ def is_main_process() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
+    from rlhf.preflight import check_device
+
+    check_device(name)  # a device this machine lacks is a one-line DeviceError
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -448,14 +454,14 @@ class MetricsLogger:
     the file reads as one uninterrupted run.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False, resume_step: int = 0) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = False, resume_step: int = 0, log=None) -> None:
         self.enabled = is_main_process()
         self.path = run_dir / "metrics.jsonl"
         self.start = time.perf_counter()
         self.tb = None
         if self.enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
-            kept = [row for row in read_metrics(run_dir) if row["step"] <= resume_step]
+            kept = [row for row in read_metrics(run_dir, log) if row["step"] <= resume_step]
             with atomic_file(self.path) as f:
                 f.writelines(json.dumps(row) + "\n" for row in kept)
             if tensorboard:
@@ -478,11 +484,11 @@ class MetricsLogger:
             self.tb.close()
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+def read_metrics(run_dir: str | Path, log=None) -> list[dict[str, Any]]:
+    """The rows of ``run_dir/metrics.jsonl``; a torn line (a crash mid-write) is dropped with a warning
+    to ``log`` (default: stderr)."""
     path = Path(run_dir) / "metrics.jsonl"
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
+    return guards.read_jsonl(path, log) if log is not None else guards.read_jsonl(path)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -513,6 +519,9 @@ class StageRun:
         self.name = name
         self.dir = Path(self.settings.output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        # Device and inputs checked, the folder locked, leftovers removed, the settings compared.
+        guards.enter_stage(self.dir, name, cfg, log if is_main_process() else (lambda *_: None))
+        self.lr = getattr(getattr(cfg, "optim", None), "lr", None)
         if is_main_process():
             with atomic_file(self.dir / "config.yaml") as f:
                 f.write(cfg.to_yaml())
@@ -544,17 +553,27 @@ class StageRun:
         grouped = lengths if cfg.group_by_length else None
         stream, step = Stream(n_rows, self.settings.seed, lengths=grouped, group=cfg.rows_per_step), 0
         checkpoints = list_checkpoints(self.dir) if self.settings.resume else []
+        checkpoints = guards.readable_checkpoints(checkpoints, STATE_FILE, self.log)
         if checkpoints:
             step, self.resumed_state = resume_from(checkpoints[-1], model, optimizer, scheduler, stream)
             self.log(f"resumed from {checkpoints[-1]} at step {step}")
-        self.metrics = MetricsLogger(self.dir, self.settings.tensorboard, resume_step=step)
+        self.metrics = MetricsLogger(self.dir, self.settings.tensorboard, resume_step=step, log=self.log)
         show = self.settings.progress and is_main_process()
         self.bar = tqdm(total=self.total_steps, initial=step, desc=self.name, disable=not show)
+        self.step = step
         return optimizer, scheduler, stream, step
 
+    def check_finite(self, step: int, model=None, **values: float) -> None:
+        """Stop the run at a non-finite value (or, with ``model``, weight): ``rlhf.guards.check_finite``."""
+        newest = list_checkpoints(self.dir)
+        guards.check_finite(self.name, step, values, newest[-1] if newest else None, self.lr, model)
+
     def optimizer_step(self, model, optimizer, scheduler, max_grad_norm: float | None) -> float:
-        """Clip, step the optimiser and the schedule, clear the gradients; return the norm before clipping."""
+        """Clip, step the optimiser and the schedule, clear the gradients; return the norm before clipping
+        (a non-finite norm stops the run before the step)."""
         grad_norm = clip_gradients(model, max_grad_norm)
+        self.step += 1
+        self.check_finite(self.step, grad_norm=grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -573,6 +592,7 @@ class StageRun:
         s = self.settings
         periodic = s.save_every and step % s.save_every == 0 and step < self.total_steps
         if is_main_process() and (periodic or step == self.stop_after):
+            self.check_finite(step, model=model)  # never save a non-finite model
             state = {**(extra or {}), "stream": stream.position()}
             save_checkpoint(self.dir, step, model, tokenizer, optimizer, scheduler, state, s.keep_checkpoints)
 
@@ -590,6 +610,7 @@ class StageRun:
 
         final = self.dir / "final"
         if is_main_process():
+            self.check_finite(self.total_steps, model=model)  # never save a non-finite model
             with atomic_dir(final) as tmp:
                 save_pretrained(model_for_saving(model, lora), tokenizer, tmp)
                 for name, text in (extra_files or {}).items():
@@ -603,3 +624,4 @@ class StageRun:
             self.bar.close()
         if self.metrics is not None:
             self.metrics.close()
+        guards.release_lock(self.dir)
