@@ -259,22 +259,22 @@ def adaptive_kl_coef(beta: float, kl: float, target: float, horizon: float, n_st
 
 def predictive_kl_coef(
     beta: float, kl: float, kl_prev: float | None, target: float, horizon: float, n_steps: int,
-    max_rise: float = 1.0,
+    max_rise: float = 1.0, max_fall: float = 0.05,
 ) -> float:  # fmt: skip
-    """The adaptive controller on the KL one step ahead, with a fast rise (the default of ``rlhf ppo``):
-    KL_next = KL + (KL - KL_prev); e = clip(KL_next / target - 1, -0.2, max_rise);
-    beta <- beta * (1 + e * n_steps / horizon).
+    """The adaptive controller of ``rlhf ppo`` (``kl_controller: predictive``): on the KL one step ahead,
+    quick to tighten and slow to relax. KL_next = KL + (KL - KL_prev);
+    e = clip(KL_next / target - 1, -max_fall, max_rise); beta <- beta * (1 + e * n_steps / horizon).
 
     Ziegler's controller (:func:`adaptive_kl_coef`) reacts to the KL measured on the last rollout, which
-    lags the policy by one update, and never by more than 0.2: while the KL climbs toward the target,
-    beta keeps falling, and once past it beta rises by at most ``0.2 * n / horizon`` a step, so in a short
-    run the KL overshoots (2-3x the target in 20 steps of 64 samples). Here the error is that of the
-    extrapolated KL, so beta stops falling while the KL is still rising toward the target and starts
-    rising before it gets there; above the target it may grow by up to ``max_rise * n / horizon`` a
-    step (1.32x for KL at 2x the target, 64 samples, horizon 200), while it still falls by at most
-    ``0.2 * n / horizon``. ``kl_prev`` is None at the first step (no trend yet)."""
+    lags the policy by one update, within +-0.2: in a short run it lowers beta by 6% a step (64
+    samples, horizon 200) while the KL is still small, so beta has halved by the time the KL arrives,
+    and then it raises beta by at most 6% a step while the KL overshoots (2-3x the target in 20 steps).
+    Here the error is that of the extrapolated KL, so beta starts rising before the KL reaches the
+    target; above it beta may grow by up to ``max_rise * n / horizon`` a step (1.32x for KL at 2x the
+    target), and below it falls by at most ``max_fall * n / horizon`` (1.6% a step). ``kl_prev`` is None
+    at the first step (no trend yet)."""
     trend = 0.0 if kl_prev is None else kl - kl_prev
-    error = min(max((kl + trend) / target - 1.0, -0.2), max_rise)
+    error = min(max((kl + trend) / target - 1.0, -max_fall), max_rise)
     return beta * (1.0 + error * n_steps / horizon)
 
 
