@@ -317,3 +317,16 @@ def test_duplicate_yaml_keys_deep_json_and_a_bom(tmp_path):
     assert len(records) == 1 and report.skipped == {"nested too deeply": 1}
     with pytest.raises(rdata.DataError, match="deep.jsonl:2: bad JSON: nested too deeply"):
         rdata.load_sft(tmp_path / "deep.jsonl")
+
+
+def test_settings_inside_the_run_folder_are_stored_relative_to_it(tmp_path):
+    """A run folder copied or moved whole keeps its stages' settings: the wired paths inside it are
+    compared relative to it, paths elsewhere as they are."""
+    from rlhf.guards import folder_settings
+
+    def cfg(run: str) -> dict:
+        return {"model": str(tmp_path / run / "sft" / "final"), "data": "/data/prefs.jsonl", "optim": {"lr": 1e-3}}
+
+    a, b = folder_settings(tmp_path / "a" / "rm", cfg("a")), folder_settings(tmp_path / "b" / "rm", cfg("b"))
+    assert a == b == {"model": "{run}/sft/final", "data": "/data/prefs.jsonl", "optim.lr": 1e-3}
+    assert folder_settings(tmp_path / "b" / "rm", cfg("a"))["model"] == str(tmp_path / "a" / "sft" / "final")

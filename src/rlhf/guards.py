@@ -287,13 +287,21 @@ def stored_settings(folder: Path, log: Log | None = _stderr) -> dict[str, Any] |
     return stored.get("settings") if isinstance(stored, dict) else None
 
 
+def folder_settings(folder: Path, cfg) -> dict[str, Any]:
+    """``cfg``'s settings as stored for ``folder``: paths inside the folder's parent (the run folder of
+    ``rlhf run``'s stages) are written relative to it, so a run folder moved or copied whole is the same run."""
+    root = f"{Path(folder).parent}/"
+    return {k: f"{{run}}/{v[len(root):]}" if isinstance(v, str) and v.startswith(root) else v
+            for k, v in settings_of(cfg).items()}  # fmt: skip
+
+
 def settings_problem(folder: Path, cfg, log: Log | None = _stderr) -> list[str]:
     """The differing keys between ``cfg`` and the settings ``folder``'s outputs were made with (empty
     when they agree, or when there are no outputs or no stored settings to compare with)."""
     if not has_outputs(folder):
         return []
     old = stored_settings(folder, log)
-    return [] if old is None else settings_diff(old, settings_of(cfg))
+    return [] if old is None else settings_diff(old, folder_settings(folder, cfg))
 
 
 def check_settings(folder: Path, stage: str, cfg, how_to_restart: str, log: Log | None = _stderr) -> None:
@@ -312,7 +320,7 @@ def write_settings(folder: Path, stage: str, cfg) -> None:
     from rlhf.training import atomic_file
 
     with atomic_file(folder / FINGERPRINT) as f:
-        json.dump({"stage": stage, "settings": settings_of(cfg)}, f, indent=1)
+        json.dump({"stage": stage, "settings": folder_settings(folder, cfg)}, f, indent=1)
 
 
 def clear_outputs(folder: Path, log: Log | None = _stderr) -> None:
