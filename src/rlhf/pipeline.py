@@ -65,7 +65,7 @@ class RunConfig(StageConfig):
     preset: PresetName = Field("default", description="lab annotator preset for preference collection")
     seed: int = Field(0, description="seed of every stage, and of the lab base model when model is lab")
     rounds: int = Field(
-        1,
+        2,
         ge=1,
         description="PPO rounds; before each after the first, new preferences on the current policy "
         "and a reward model retrained on all pairs so far",
@@ -76,7 +76,7 @@ class RunConfig(StageConfig):
         "itself (rlhf.rewards:lab_gold; the critic still starts from the reward model)",
     )
     round_prompts: int | None = Field(
-        None, ge=2, description="prompts of each later round's collection (null: the collect section's)"
+        750, ge=2, description="prompts of each later round's collection (null: the collect section's)"
     )
     sft: dict[str, Any] = Field(default_factory=dict, description="overrides of rlhf.sft.SFTConfig")
     collect: dict[str, Any] = Field(
