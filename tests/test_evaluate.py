@@ -243,7 +243,7 @@ def test_tiny_run_end_to_end_with_an_interruption(tmp_path, lab_base_path):
     cfg = load_config(
         RunConfig, None,
         [
-            f"runs_dir={tmp_path}", "name=tiny", f"model={lab_base_path}",
+            f"runs_dir={tmp_path}", "name=tiny", f"model={lab_base_path}", "rounds=1",
             "sft.max_steps=10", "sft.lab_examples=200", "sft.run.progress=false",
             "collect.prompts=48", "collect.k=2",
             "rm.max_steps=5", "rm.run.progress=false",

@@ -323,9 +323,12 @@ def test_explicit_and_implicit_prompt_tokenise_the_same(tok):
 
 @pytest.fixture(scope="module")
 def lab_prefs(tmp_path_factory, lab_base_path, test_seed) -> Path:
-    """Pairs sampled from the lab base model (a stand-in policy), labelled by default annotators."""
+    """Pairs sampled from the lab base model (a stand-in policy), labelled by default annotators; 30% of
+    the prompts hold out about 550 pairs, so that an accuracy is known to +-4 points."""
     out = tmp_path_factory.mktemp("prefs")
-    cfg = CollectConfig(policy=str(lab_base_path), prompts=600, k=4, output_dir=str(out), seed=1 + test_seed)
+    cfg = CollectConfig(
+        policy=str(lab_base_path), prompts=1000, k=4, eval_fraction=0.3, output_dir=str(out), seed=1 + test_seed
+    )
     return collect(cfg, log=lambda *_: None)
 
 
@@ -418,7 +421,9 @@ def test_lab_reward_model_learns_the_preferences(tmp_path, lab_prefs, lab_base_p
     )  # fmt: skip
     final = train_rm(cfg, log=lambda *_: None)
     evals = [row for row in read_metrics(cfg.run.output_dir) if row["split"] == "eval"]
-    figure("accuracy", evals[-1]["accuracy"], above=0.6)  # chance is 0.5
+    # Above chance with 95% confidence (0.60-0.65 measured on 60 pairs over base-model and test seeds).
+    figure("accuracy_low", evals[-1]["accuracy_low"], above=0.5)
+    figure("accuracy", evals[-1]["accuracy"], above=0.55)
     assert evals[-1]["accuracy_low"] < evals[-1]["accuracy"] < evals[-1]["accuracy_high"]
     # Against the gold judge itself (the lab's rows carry its utilities), per family too.
     figure("gold_accuracy", evals[-1]["gold_accuracy"], above=0.5)
