@@ -325,8 +325,10 @@ def test_settings_inside_the_run_folder_are_stored_relative_to_it(tmp_path):
     from rlhf.guards import folder_settings
 
     def cfg(run: str) -> dict:
-        return {"model": str(tmp_path / run / "sft" / "final"), "data": "/data/prefs.jsonl", "optim": {"lr": 1e-3}}
+        return {"model": str(tmp_path / run / "sft" / "final"), "data": "/data/prefs.jsonl", "optim": {"lr": 1e-3},
+                "reward_models": [{"path": str(tmp_path / run / "rm" / "final")}]}  # fmt: skip
 
     a, b = folder_settings(tmp_path / "a" / "rm", cfg("a")), folder_settings(tmp_path / "b" / "rm", cfg("b"))
-    assert a == b == {"model": "{run}/sft/final", "data": "/data/prefs.jsonl", "optim.lr": 1e-3}
+    assert a == b == {"model": "{run}/sft/final", "data": "/data/prefs.jsonl", "optim.lr": 1e-3,
+                      "reward_models": [{"path": "{run}/rm/final"}]}  # fmt: skip
     assert folder_settings(tmp_path / "b" / "rm", cfg("a"))["model"] == str(tmp_path / "a" / "sft" / "final")

@@ -327,7 +327,12 @@ def lab_prefs(tmp_path_factory, lab_base_path, test_seed) -> Path:
     the prompts hold out about 550 pairs, so that an accuracy is known to +-4 points."""
     out = tmp_path_factory.mktemp("prefs")
     cfg = CollectConfig(
-        policy=str(lab_base_path), prompts=1000, k=4, eval_fraction=0.3, output_dir=str(out), seed=1 + test_seed
+        policy=str(lab_base_path),
+        prompts=1000,
+        k=4,
+        eval_fraction=0.3,
+        output_dir=str(out),
+        seed=1 + test_seed,
     )
     return collect(cfg, log=lambda *_: None)
 

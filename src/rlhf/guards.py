@@ -291,8 +291,15 @@ def folder_settings(folder: Path, cfg) -> dict[str, Any]:
     """``cfg``'s settings as stored for ``folder``: paths inside the folder's parent (the run folder of
     ``rlhf run``'s stages) are written relative to it, so a run folder moved or copied whole is the same run."""
     root = f"{Path(folder).parent}/"
-    return {k: f"{{run}}/{v[len(root):]}" if isinstance(v, str) and v.startswith(root) else v
-            for k, v in settings_of(cfg).items()}  # fmt: skip
+
+    def relative(v: Any) -> Any:
+        if isinstance(v, str):
+            return f"{{run}}/{v[len(root) :]}" if v.startswith(root) else v
+        if isinstance(v, list):
+            return [relative(x) for x in v]
+        return {k: relative(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    return {k: relative(v) for k, v in settings_of(cfg).items()}
 
 
 def settings_problem(folder: Path, cfg, log: Log | None = _stderr) -> list[str]:
