@@ -503,7 +503,8 @@ def test_rm_eval_takes_the_skip_policy_on_real_hh_data(lab_base_path):
         str(hh),
         "--max-length",
         "48",
-    ]  # an untrained score head: any model
+        "--fresh-head",
+    ]  # an untrained score head (asked for explicitly): any model
     stopped = CliRunner().invoke(main, args)
     assert stopped.exit_code == 1 and f"error: {hh}:67: field 'chosen'" in stopped.output
     result = CliRunner().invoke(main, [*args, "--on-error", "skip"])

@@ -103,7 +103,10 @@ def check_stage(cfg, produced: tuple[str, ...] = ()) -> None:
     if hasattr(cfg, "reward_functions"):
         check_reward_functions(cfg.reward_functions)
         for i, spec in enumerate(cfg.reward_models):
-            check_model_path(spec.path, f"reward_models.{i}.path", produced)
+            from rlhf.modeling import reward_model_members
+
+            for path in reward_model_members(spec.path):  # an ensemble's members, or the folder itself
+                check_model_path(path, f"reward_models.{i}.path", produced)
         if cfg.critic not in ("reward", "policy_head"):
             check_model_path(cfg.critic, "critic", produced)
 
