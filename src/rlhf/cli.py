@@ -561,8 +561,9 @@ def refusal_check(csv_file: str, output: str | None) -> None:
 @click.option("--preset", default="default", show_default=True, help=f"Lab annotator preset: {_PRESETS}.")
 def demo(preset: str) -> None:
     """The main job on the built-in default: the lab's annotators, then `rlhf run name=demo`: the lab
-    base model, SFT, preference collection, the reward model, PPO, the evaluation and the report, under
-    runs/demo/ (a rerun skips the stages already done)."""
+    base model, SFT, preference collection, the reward model, PPO, a second round (new preferences on the
+    PPO policy's samples, the reward model retrained, PPO continued), the evaluation and the report,
+    under runs/demo/ (a rerun skips the stages already done)."""
     _show(preset, 2000, 0)
     click.echo("")
     ctx = click.get_current_context()
