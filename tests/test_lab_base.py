@@ -76,10 +76,10 @@ def test_base_model_samples_look_like_lab_text(lab_base_path, tok, test_seed, fi
     sample_words = [w for r in report.responses for w in re.findall(r"[a-z]+", r.lower())]
     assert len(sample_words) > 100
     figure("lab_word_share", sum(w in lab_words for w in sample_words) / len(sample_words), above=0.95)
-    # Most samples stop (emit EOS) well before the limit, like the lab's short responses (0.78-0.85 of
-    # 60 samples over base-model and sampling seeds: 200 samples and a bound with room).
+    # Most samples stop (emit EOS) well before the limit, like the lab's short responses: 0.72-0.83 of
+    # 200 samples over 5 base-model seeds x 2 test seeds (the seed sweep), so the bound leaves 4 sd.
     short = sum(len(tok(r)["input_ids"]) < 40 for r in report.responses) / len(report.responses)
-    figure("short_response_share", short, above=0.7)
+    figure("short_response_share", short, above=0.6)
 
 
 def test_build_is_deterministic_and_cached(tmp_path):
