@@ -154,8 +154,8 @@ def stage_configs(cfg: RunConfig) -> dict[str, Any]:
         """``section``'s config for ``stage`` (default: the section's round-1 stage), ``extra`` on top of
         the wired keys; the stage's seed is the run's plus 1,000 per round."""
         stage = stage or section
-        _, _, r = stage.partition("-")
-        seed = cfg.seed + 1000 * (int(r) - 1 if r else 0)
+        r = stage.partition("-")[2]
+        offset = 1000 * (int(r) - 1 if r else 0)  # each round draws other prompts and samples
         user = getattr(cfg, section)
         trainer = section != "collect"
         taken = [k for k in wired[section] if k in user]
@@ -173,12 +173,12 @@ def stage_configs(cfg: RunConfig) -> dict[str, Any]:
         out_dir = str(cfg.stage_dir(stage))
         if trainer:
             run = merge_trees({"seed": cfg.seed}, user.get("run", {}))
-            run["seed"] += seed - cfg.seed  # a section's own seed moves on by round too
+            run["seed"] += offset  # a section's own seed moves on by round too
             run["output_dir"] = out_dir
             values = merge_trees({k: v for k, v in user.items() if k != "run"}, {**keys, "run": run})
         else:
             values = merge_trees({"seed": cfg.seed}, user)
-            values["seed"] += seed - cfg.seed
+            values["seed"] += offset
             values = {**values, **keys, "output_dir": out_dir}
         return validate_config(cls, values, f"run config, section `{section}`")
 
