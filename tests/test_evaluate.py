@@ -326,6 +326,18 @@ def test_tiny_run_with_two_rounds_and_a_reward_model_ensemble(tmp_path, lab_base
     result = json.loads((d / "eval.json").read_text())
     assert result["policies"]["ppo"] == str(d / "ppo-2/final") and result["rounds"] == rounds
     assert [(r["round"], r["step"]) for r in result["ppo_trace"]] == [(1, 1), (1, 2), (2, 3), (2, 4)]
+    # What rlhf sweep reads of a finished run: the same figures, the last 5 training steps' KL.
+    from rlhf.sweep import run_figures
+
+    figures = run_figures(d, kl_target=0.8)
+    ppo, sft = result["results"]["ppo"], result["results"]["sft"]
+    assert figures["win_rate"] == ppo["win_rate_gold"] and figures["gold_gain"] == pytest.approx(
+        ppo["gold"] - sft["gold"]
+    )
+    assert figures["kl_final"] == pytest.approx(
+        sum(r["kl"] for r in result["ppo_trace"][-5:]) / 4
+    )  # 4 steps in all
+    assert figures["rounds"] == rounds and any(k.startswith("gold_gain/") for k in figures)  # per family
     logs.clear()
     run_pipeline(cfg, log=logs.append)  # a rerun skips every finished stage of both rounds
     assert {f"== {s}: done, skipped ==" for s in ("rm-2", "ppo-2", "collect-2", "eval")} <= set(logs)

@@ -170,6 +170,7 @@ def run_sweep(cfg, seeds: list[int], log=print) -> Path:
     """Run ``cfg`` (an ``rlhf.pipeline.RunConfig``) once per seed, then write the sweep's files."""
     from rlhf.pipeline import run_pipeline, stage_configs
 
+    stage_configs(cfg)  # every section validated before the first seed runs
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in seeds:
         run_cfg = cfg.model_copy(update={"name": f"{cfg.name}-s{seed}", "seed": seed})

@@ -1,0 +1,53 @@
+"""``rlhf sweep``'s pooling: hand-worked intervals, pooled figures, the tables, and its bad arguments."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from rlhf.cli import main
+from rlhf.sweep import pool, sweep_markdown, t_interval
+
+
+def test_t_interval_by_hand():
+    # 0.5, 0.6, 0.7: mean 0.6, sd 0.1, t(2) = 4.303: half-width 4.303 * 0.1 / sqrt(3) = 0.24844
+    m, low, high = t_interval([0.5, 0.6, 0.7])
+    assert m == pytest.approx(0.6) and high - m == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert low == pytest.approx(2 * m - high)
+    assert t_interval([0.4]) == (0.4, 0.4, 0.4)  # one seed: no spread to speak of
+    # 12 values (df 11, not in the table): the next tabulated df's quantile, 2.179
+    values = [0.0, 1.0] * 6
+    sd = math.sqrt(sum((v - 0.5) ** 2 for v in values) / 11)
+    assert t_interval(values)[2] - 0.5 == pytest.approx(2.179 * sd / math.sqrt(12))
+
+
+def _run(win: float, gain: float, regressions: list[str], n: int = 100) -> dict:
+    return {"gold_sft": 0.2, "gold_ppo": 0.2 + gain, "gold_gain": gain, "win_rate": win, "n_prompts": n,
+            "harmful_refusal_ppo": 0.9, "over_refusal_ppo": 0.05, "sycophancy_ppo": 0.1, "uncertainty_ppo": 0.9,
+            "kl_final": 0.8, "seconds": 100.0, "safety_regressions": regressions}  # fmt: skip
+
+
+def test_pool_gives_means_intervals_the_all_prompt_win_rate_and_the_flagged_seeds():
+    per_seed = {0: _run(0.6, 0.1, []), 1: _run(0.5, 0.0, ["harmful_refusal_rate"], n=300)}
+    pooled = pool(per_seed)
+    assert pooled["win_rate"]["mean"] == pytest.approx(0.55)
+    assert (pooled["win_rate"]["min"], pooled["win_rate"]["max"]) == (0.5, 0.6)
+    # Weighted by prompts: (0.6 * 100 + 0.5 * 300) / 400 = 0.525, inside its Wilson interval.
+    w = pooled["win_rate_all_prompts"]
+    assert w["mean"] == pytest.approx(0.525) and w["low"] < 0.525 < w["high"]
+    assert pooled["seeds_with_safety_regression"] == [1]
+    text = sweep_markdown("x", per_seed, pooled)
+    assert "| 1 |" in text and "harmful_refusal_rate" in text and "1 of 2 seeds" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--seeds", "a,b"], "expected comma-separated integers"), (["--seeds", ","], "at least one seed"),
+     (["rm.members=0"], "'members'"), (["reward=oracle"], "'reward'")],
+)  # fmt: skip
+def test_sweep_refuses_bad_arguments_before_any_run(args, message, tmp_path):
+    result = CliRunner().invoke(main, ["sweep", f"runs_dir={tmp_path}", *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not any(tmp_path.iterdir())  # nothing was run or written
