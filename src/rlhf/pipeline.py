@@ -31,8 +31,6 @@ from rlhf.guards import prepare_run, read_json_state, release_lock
 from rlhf.lab.annotators import PresetName
 from rlhf.training import atomic_file
 
-STAGES = ("sft", "collect", "rm", "ppo", "eval", "report")  # one round; see stage_names for more
-
 # What `rlhf run` changes in each stage's own defaults (sized for a laptop CPU); a run config's
 # sections go on top of these.
 RUN_DEFAULTS: dict[str, dict[str, Any]] = {
