@@ -232,7 +232,7 @@ def read_rounds(cfg: RunConfig) -> dict[str, dict[str, float]]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def round_accuracies(cfg: RunConfig, stage: str, log=print) -> dict[str, float]:
+def round_accuracies(cfg: RunConfig, stage: str, max_length: int, log=print) -> dict[str, float]:
     """After round r's reward model (``stage`` = rm-r): the previous reward model's and the new one's
     pairwise accuracy on round r's held-out pairs, sampled from the policy the previous one trained
     (an ensemble: its members' mean accuracy); written to ``rounds.json`` under ``stage``."""
@@ -246,7 +246,7 @@ def round_accuracies(cfg: RunConfig, stage: str, log=print) -> dict[str, float]:
 
     def accuracy(folder: Path) -> dict[str, float]:
         runs = [
-            evaluate_saved(m, pairs, max_length=512, log=lambda *_: None)[0]
+            evaluate_saved(m, pairs, max_length=max_length, log=lambda *_: None)[0]
             for m in reward_model_members(str(folder))
         ]
         keys = ("accuracy", "gold_accuracy", "bayes_accuracy", "pairs")
@@ -303,7 +303,7 @@ def run_pipeline(
         if kind == "rm":
             final = train_rm(c, stop_after=stop, log=log)
             if stage != "rm" and final.name == "final":  # a later round: how far the policy had exploited it
-                round_accuracies(cfg, stage, log)
+                round_accuracies(cfg, stage, c.max_length, log)
             return final
         if kind == "ppo":
             return train_ppo(c, stop_after=stop, log=log)
