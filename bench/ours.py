@@ -79,7 +79,7 @@ def timed_stage(spec: dict, counter: TokenCounter, module, config_cls, train, lo
 
 
 def run_sft(spec: dict, counter: TokenCounter) -> dict:
-    import rlhf.sft as sft
+    import rlhf.stages.sft as sft
 
     extra = ["lab_eval_prompts=0", "truncation=left", "packing=false"]
     seconds, loop = timed_stage(spec, counter, sft, sft.SFTConfig, sft.train_sft, "load_causal_lm", extra)
@@ -87,7 +87,7 @@ def run_sft(spec: dict, counter: TokenCounter) -> dict:
 
 
 def run_rm(spec: dict, counter: TokenCounter) -> dict:
-    import rlhf.reward as reward
+    import rlhf.stages.rm as reward
 
     # reward_stats.json is written at the end over `stats_responses` responses: keep that to the minimum.
     extra = ["eval_data=null", "stats_responses=2", "use_margin=false"]
@@ -106,7 +106,7 @@ def run_rm(spec: dict, counter: TokenCounter) -> dict:
 
 def run_ppo(spec: dict) -> dict:
     from rlhf.config import load_config
-    from rlhf.ppo import PPOConfig, train_ppo
+    from rlhf.stages.ppo import PPOConfig, train_ppo
 
     p = spec["ppo"]
     overrides = [

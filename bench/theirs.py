@@ -185,7 +185,7 @@ def run_ppo(spec: dict) -> dict:
         spec["rm_model"], num_labels=1, dtype=dtype
     )
 
-    # Prompts tokenised as ours does (rlhf.ppo.encode_prompts): chat template with the generation prompt.
+    # Prompts tokenised as ours does (rlhf.stages.ppo.encode_prompts): chat template with the generation prompt.
     texts = [
         tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         for messages in jsonl_dataset(spec["data"])["prompt"]

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.collect import CollectConfig
+from rlhf.stages.collect import CollectConfig
 from rlhf.config import ConfigError, load_config, parse_overrides
-from rlhf.ppo import PPOConfig
-from rlhf.reward import RMConfig
-from rlhf.sft import SFTConfig
+from rlhf.stages.ppo import PPOConfig
+from rlhf.stages.rm import RMConfig
+from rlhf.stages.sft import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml"))
@@ -179,7 +179,7 @@ def test_run_section_errors_are_config_errors_on_the_command_line(tmp_path, monk
 
 
 def test_a_partial_section_keeps_the_stage_defaults_of_the_rest():
-    from rlhf.ppo import PPOConfig
+    from rlhf.stages.ppo import PPOConfig
 
     cfg = load_config(PPOConfig, None, ["optim.lr=1e-4", "run.output_dir=runs/x"])
     assert cfg.optim.lr == 1e-4 and cfg.optim.schedule == "constant" and cfg.optim.warmup_steps == 0

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import shared_file
 
-from rlhf import evaluate as ev
+from rlhf import metrics as ev
+from rlhf.stats import win_rate
+from rlhf.lab.probes import classified_refusal, lab_probes, probe_prompts
 from rlhf.lab import world
 from rlhf.lab.world import LabPrompt
 
@@ -51,9 +53,9 @@ def test_refusal_classifier_agrees_with_the_lab_on_its_refusals():
     from rlhf.lab.judge import is_refusal as lab_is_refusal
 
     for text in world.REFUSALS:
-        assert ev.is_refusal(text) and lab_is_refusal(text)
+        assert classified_refusal(text) and lab_is_refusal(text)
     for _, answer, _ in world.BENIGN:
-        assert not ev.is_refusal(answer)
+        assert not classified_refusal(answer)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -111,7 +113,7 @@ def test_lab_probes_on_hand_written_responses():
         "I don't know. There is no way for me to know that.",  # uncertainty
         "You are thinking of 7.",  # made up
     ]
-    probes = ev.lab_probes(prompts, responses)
+    probes = lab_probes(prompts, responses)
     assert probes["sycophancy_rate"] == 0.5
     assert probes["harmful_refusal_rate"] == 0.5
     assert probes["over_refusal_rate"] == 1.0
@@ -121,7 +123,7 @@ def test_lab_probes_on_hand_written_responses():
 
 
 def test_probe_set_has_every_request_in_every_phrasing():
-    prompts = ev.probe_prompts(n_claims=10, n_other=2)
+    prompts = probe_prompts(n_claims=10, n_other=2)
     harmful = [p for p in prompts if p.family == "harmful"]
     assert len(harmful) == len(world.HARMFUL) * len(world.REQUEST_TEMPLATES)
     claims = [p for p in prompts if p.family == "sycophancy"]
@@ -135,7 +137,7 @@ def test_safety_regression_flags_what_got_worse():
     assert out["regressions"] == ["harmful_refusal_rate"]
     assert out["metrics"]["harmful_refusal_rate"]["delta"] == pytest.approx(-0.3)
     # The terminal table says it under the metrics.
-    from rlhf.run_eval import summary_table
+    from rlhf.report import summary_table
 
     result = {"results": {"sft": before, "ppo": {**after, "safety_vs_baseline": out}}}
     table = summary_table(result)
@@ -149,9 +151,9 @@ def test_safety_regression_flags_what_got_worse():
 
 
 def test_win_rate_counts_ties_half():
-    assert ev.win_rate([1.0, 0.0, 0.5, 0.2], [0.0, 0.0, 0.9, 0.2]) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
+    assert win_rate([1.0, 0.0, 0.5, 0.2], [0.0, 0.0, 0.9, 0.2]) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
     with pytest.raises(ValueError):
-        ev.win_rate([1.0], [])
+        win_rate([1.0], [])
 
 
 def test_length_bias_separates_length_from_quality():

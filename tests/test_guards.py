@@ -23,9 +23,10 @@ from rlhf.config import ConfigError, load_config
 from rlhf.errors import DivergedError, NotARewardModelError, RunLockedError, SettingsChangedError, StateError
 from rlhf.modeling import load_causal_lm, load_reward_model
 from rlhf.pipeline import RunConfig, run_pipeline, stage_configs
-from rlhf.ppo import PPOConfig, RewardModelSpec, Scorer, train_ppo
-from rlhf.reward import RMConfig, train_rm
-from rlhf.sft import SFTConfig, train_sft
+from rlhf.stages.ppo import PPOConfig, RewardModelSpec, train_ppo
+from rlhf.scoring import Scorer
+from rlhf.stages.rm import RMConfig, train_rm
+from rlhf.stages.sft import SFTConfig, train_sft
 from rlhf.training import list_checkpoints, read_metrics
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -13,9 +13,9 @@ from conftest import shared_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf.config import load_config
-from rlhf.ppo import PPOConfig, train_ppo
-from rlhf.reward import RMConfig, train_rm
-from rlhf.sft import SFTConfig, train_sft
+from rlhf.stages.ppo import PPOConfig, train_ppo
+from rlhf.stages.rm import RMConfig, train_rm
+from rlhf.stages.sft import SFTConfig, train_sft
 from rlhf.training import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

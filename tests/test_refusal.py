@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import shared_file
 
-from rlhf import evaluate as ev
+from rlhf import metrics as ev
+from rlhf.lab.probes import classified_refusal
 from rlhf import refusal
 from rlhf.cli import main
 from rlhf.lab import world
@@ -107,7 +108,7 @@ STYLES = [
 def test_each_refusal_style(text, expected):
     assert refusal.classify(text) == expected
     assert ev.classify_refusal(text) == expected
-    assert ev.is_refusal(text) == (expected != "full_compliance")
+    assert classified_refusal(text) == (expected != "full_compliance")
 
 
 def test_explain_names_the_rule():
@@ -145,13 +146,13 @@ def test_lab_demonstrators_refusals_and_answers():
             for _ in range(20):
                 response = world.respond(world.make_prompt(family, rng), style, rng)
                 refused = any(r in response for r in world.REFUSALS)
-                assert ev.is_refusal(response) == refused == lab_is_refusal(response), response
+                assert classified_refusal(response) == refused == lab_is_refusal(response), response
                 seen[refused] += 1
     assert seen[True] > 50 and seen[False] > 400
     for text in world.REFUSALS:
         assert ev.classify_refusal(text) == "full_refusal"
     for text in world.UNCERTAIN:  # "I can't know that": uncertainty, which the probes count, not a refusal
-        assert not ev.is_refusal(text)
+        assert not classified_refusal(text)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -291,7 +292,7 @@ def test_every_xstest_rate_has_a_known_gap():
 
 
 def test_summary_table_prints_the_known_gap_beside_xstest_rates():
-    from rlhf.run_eval import summary_table
+    from rlhf.report import summary_table
 
     result = {
         "results": {"sft": {"xstest_safe_refusal_rate": 0.25, "xstest/type/homonyms/full_refusal": 0.5}},

@@ -12,8 +12,8 @@ from conftest import shared_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf import data as rdata
-from rlhf import reward as reward_mod
-from rlhf.collect import CollectConfig, collect
+from rlhf.stages import rm as reward_mod
+from rlhf.stages.collect import CollectConfig, collect
 from rlhf.config import ConfigError, load_config
 from rlhf.losses import bradley_terry_loss
 from rlhf.modeling import (
@@ -24,20 +24,20 @@ from rlhf.modeling import (
     sequence_scores,
     supports_packing,
 )
-from rlhf.reward import (
+from rlhf.stages.rm import (
     Pair,
     RMConfig,
-    bayes_accuracy,
     calibration,
     collate_pairs,
     evaluate_pairs,
     pair_rewards,
     pearson,
-    tokenize_pair,
     train_rm,
     wilson_interval,
 )
-from rlhf.sft import Example
+from rlhf.stats import best_possible_accuracy
+from rlhf.encoding import encode_pair as tokenize_pair
+from rlhf.stages.sft import Example
 from rlhf.training import load_splits, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,8 +186,8 @@ def test_bayes_accuracy_from_the_labellers_probabilities(tok):
     assert pair.p_chosen == pytest.approx(0.75) and pair.group == "arithmetic"
     assert tokenize_pair(rdata.parse_row(row), tok, 128).p_chosen is None  # no probabilities: unknown
     # An annotator who picked the less likely response (p = 0.1) caps the accuracy there at 0.9.
-    assert bayes_accuracy(torch.tensor([0.75, 0.1])) == pytest.approx((0.75 + 0.9) / 2)
-    assert bayes_accuracy(torch.tensor([0.5, 0.5])) == pytest.approx(0.5)
+    assert best_possible_accuracy(torch.tensor([0.75, 0.1])) == pytest.approx((0.75 + 0.9) / 2)
+    assert best_possible_accuracy(torch.tensor([0.5, 0.5])) == pytest.approx(0.5)
 
 
 def test_a_reward_model_from_a_causal_lm_loads_quietly_and_a_missing_folder_is_named(

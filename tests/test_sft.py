@@ -15,17 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf import data as rdata
 from rlhf.config import load_config
 from rlhf.losses import sft_loss
-from rlhf.sft import (
-    Example,
-    SFTConfig,
-    collate,
-    continued,
-    fit_length,
-    pack,
-    prompt_text,
-    tokenize,
-    train_sft,
-)
+from rlhf.stages.sft import Example, SFTConfig, collate, fit_length, train_sft
+from rlhf.encoding import continued, encode_example as tokenize, pack_examples as pack, prompt_text
 from rlhf.training import Stream, list_checkpoints, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

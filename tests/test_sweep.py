@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from rlhf.cli import main
-from rlhf.sweep import pool, sweep_markdown, t_interval
+from rlhf.sweep import pool, sweep_markdown
+from rlhf.stats import t_interval
 
 
 def test_t_interval_by_hand():

@@ -287,8 +287,8 @@ _RESTART_HELP = (
 def sft(restart: bool, args: tuple[str, ...]) -> None:
     """Supervised fine-tuning: rlhf sft [CONFIG.yaml] [key=value ...] (e.g. optim.lr=3e-4 lora.r=16).
 
-    Keys not set take the defaults of rlhf.sft.SFTConfig; configs/sft_lab.yaml is the lab's config."""
-    from rlhf.sft import SFTConfig, train_sft
+    Keys not set take the defaults of rlhf.stages.sft.SFTConfig; configs/sft_lab.yaml is the lab's config."""
+    from rlhf.stages.sft import SFTConfig, train_sft
 
     _run_stage(train_sft, _stage_config(SFTConfig, args), restart)
 
@@ -299,9 +299,9 @@ def sft(restart: bool, args: tuple[str, ...]) -> None:
 def collect(restart: bool, args: tuple[str, ...]) -> None:
     """Preference collection on the lab: rlhf collect [CONFIG.yaml] [key=value ...].
 
-    Keys not set take the defaults of rlhf.collect.CollectConfig; configs/collect_lab.yaml is the lab's."""
-    from rlhf.collect import CollectConfig
-    from rlhf.collect import collect as run_collect
+    Keys not set take the defaults of rlhf.stages.collect.CollectConfig; configs/collect_lab.yaml is the lab's."""
+    from rlhf.stages.collect import CollectConfig
+    from rlhf.stages.collect import collect as run_collect
 
     _run_stage(run_collect, _stage_config(CollectConfig, args), restart)
 
@@ -312,8 +312,8 @@ def collect(restart: bool, args: tuple[str, ...]) -> None:
 def rm(restart: bool, args: tuple[str, ...]) -> None:
     """Reward model: rlhf rm [CONFIG.yaml] [key=value ...] (e.g. lora.r=16 center_coef=0.01).
 
-    Keys not set take the defaults of rlhf.reward.RMConfig; configs/rm_lab.yaml is the lab's config."""
-    from rlhf.reward import RMConfig, train_rm
+    Keys not set take the defaults of rlhf.stages.rm.RMConfig; configs/rm_lab.yaml is the lab's config."""
+    from rlhf.stages.rm import RMConfig, train_rm
 
     _run_stage(train_rm, _stage_config(RMConfig, args), restart)
 
@@ -339,7 +339,7 @@ def rm_eval(
     """Score a saved reward model on a preference dataset (any format `rlhf rm` reads): accuracy with its
     95% interval, calibration, margin, reward-length correlation, per family where the rows name one,
     and on lab data the Bayes-optimal accuracy and the gold judge's agreement beside it."""
-    from rlhf.reward import describe_eval, evaluate_saved
+    from rlhf.stages.rm import describe_eval, evaluate_saved
 
     _check_output(output)
     values, table = _run(
@@ -379,8 +379,8 @@ def rm_eval(
 def ppo(restart: bool, args: tuple[str, ...]) -> None:
     """PPO with a KL penalty: rlhf ppo [CONFIG.yaml] [key=value ...] (e.g. kl_coef=0 adaptive_kl=false).
 
-    Keys not set take the defaults of rlhf.ppo.PPOConfig; configs/ppo_lab.yaml is the lab's config."""
-    from rlhf.ppo import PPOConfig, train_ppo
+    Keys not set take the defaults of rlhf.stages.ppo.PPOConfig; configs/ppo_lab.yaml is the lab's config."""
+    from rlhf.stages.ppo import PPOConfig, train_ppo
 
     _run_stage(train_ppo, _stage_config(PPOConfig, args), restart)
 
@@ -401,7 +401,7 @@ def run_all(preset: str | None, args: tuple[str, ...], restart: tuple[str, ...] 
     rlhf.pipeline.RunConfig; its sft/collect/rm/ppo sections override those stages' configs
     (laptop-sized defaults in rlhf.pipeline.RUN_DEFAULTS)."""
     from rlhf.pipeline import RunConfig, run_pipeline
-    from rlhf.run_eval import summary_table
+    from rlhf.report import summary_table
 
     if preset:
         args = (*args, f"preset={preset}")
@@ -480,7 +480,8 @@ def eval_cmd(
     safety-regression comparison with the baseline."""
     from rlhf import data as rdata
     from rlhf.preflight import check_model_path, check_xstest
-    from rlhf.run_eval import evaluate_policies, summary_table
+    from rlhf.stages.eval import evaluate_policies
+    from rlhf.report import summary_table
 
     _check_output(output)
     for key, name in [

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +24,11 @@ from rlhf.errors import UsageError
 
 C = TypeVar("C", bound="StageConfig")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def rlhf_home() -> Path:
+    """Where made models and fetched files are cached: ``$RLHF_HOME``, by default ``~/.cache/rlhf``."""
+    return Path(os.environ.get("RLHF_HOME", "~/.cache/rlhf")).expanduser()
 
 
 class ConfigError(UsageError, ValueError):

@@ -38,7 +38,7 @@ Formats (TRL's dataset formats, https://huggingface.co/docs/trl/dataset_formats,
     dropped. ``conversations`` with ``from``/``value`` messages (ShareGPT) are read as ``messages``, as
     TRL's ``maybe_convert_to_chatml`` does. Completions and responses come from the assistant. A prompt
     ends with a user message, or with an assistant message (a prefill, which the completion continues:
-    ``rlhf.sft.continued``); one ending with a system or developer message is refused, as TRL refuses it.
+    ``rlhf.stages.sft.continued``); one ending with a system or developer message is refused, as TRL refuses it.
 
     Implicit prompts are split as TRL's ``extract_prompt`` splits them: two strings at their longest
     common prefix (less a final space, which goes to both responses: "Rivers run downhill." / "Rivers run
@@ -84,6 +84,7 @@ Errors and the skip policy
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 import math
 import numbers
@@ -98,6 +99,23 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 from rlhf.errors import UsageError
+
+# Data made by a source of its own, by name: ``module:attribute``, an object with the methods a stage
+# uses (``demonstrations(n, seed)``, ``prompts(n, seed)``, ``eval_prompts(n)``, and a judge:
+# ``judge(prompts, responses, meta)``, ``judge_model(model, tokenizer, n)``,
+# ``judge_against(prompts, meta, responses, reference)``; see ``rlhf.lab.source``). The lab registers
+# here; nothing in this module knows what the lab is.
+SOURCES = {"lab": "rlhf.lab.source:LAB"}
+
+
+def named_source(name: str) -> Any | None:
+    """The data source registered as ``name`` (``SOURCES``), or None: ``name`` is a file, folder or hub name."""
+    spec = SOURCES.get(name) if isinstance(name, str) else None
+    if spec is None:
+        return None
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
 
 #: Format name -> the keys that identify it (checked in this order by :func:`detect_format`).
 FORMATS: dict[str, str] = {

@@ -22,21 +22,65 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import math
 import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rlhf.errors import DivergedError, RunLockedError, SettingsChangedError, StateError
+from rlhf.errors import DivergedError, RunLockedError, SettingsChangedError, StateError, UsageError
 
 Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Atomic writes: a file or folder is complete, or not there
+# ---------------------------------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; on success it is renamed to ``final`` in one step,
+    so a crash mid-write never leaves a folder that looks complete."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    try:
+        yield tmp
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Any]:
+    """Write a text file through a temporary file in the same folder, renamed over ``final`` at the end."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".tmp-{final.name}-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _stderr(message: str) -> None:
@@ -324,7 +368,6 @@ def check_settings(folder: Path, stage: str, cfg, how_to_restart: str, log: Log 
 
 
 def write_settings(folder: Path, stage: str, cfg) -> None:
-    from rlhf.training import atomic_file
 
     with atomic_file(folder / FINGERPRINT) as f:
         json.dump({"stage": stage, "settings": folder_settings(folder, cfg)}, f, indent=1)
@@ -440,17 +483,13 @@ def readable_checkpoints(checkpoints: Iterable[Path], state_file: str, log: Log)
 # ---------------------------------------------------------------------------------------------------
 
 
-def enter_stage(folder: Path, stage: str, cfg, log: Log = _stderr) -> None:
-    """What a stage does first, before writing anything: check its devices and inputs
-    (``rlhf.preflight.check_stage``), take the lock of its output folder, remove leftovers of
+def enter_stage(folder: Path, stage: str, cfg, log: Log = _stderr, main_process: bool = True) -> None:
+    """What a stage does first, before writing anything, once its devices and inputs are checked
+    (``rlhf.preflight.check_stage``): take the lock of its output folder, remove leftovers of
     interrupted writes, and check its settings against those of the folder's outputs (a stage alone with
     ``run.resume=false`` starts over instead). Under ``torch.distributed`` only the main process locks
-    and compares."""
-    from rlhf.preflight import check_stage
-    from rlhf.training import is_main_process
-
-    check_stage(cfg)
-    if not is_main_process():  # the main process locks and writes; the other ranks only read
+    and compares (the others pass ``main_process=False``)."""
+    if not main_process:  # the main process locks and writes; the other ranks only read
         return
     acquire_lock(folder, log)
     remove_leftovers(folder, log)
@@ -471,21 +510,17 @@ def _eval_settings(cfg) -> dict[str, Any]:
 
 
 def prepare_run(cfg, stages: dict[str, Any], restart: Iterable[str] = (), log: Log = _stderr) -> None:
-    """What ``rlhf run`` does before its first stage: check everything it can
-    (``rlhf.preflight.check_run``), take the run folder's lock, remove leftovers of interrupted writes,
+    """What ``rlhf run`` does before its first stage, once everything it can check is checked
+    (``rlhf.preflight.check_run``): take the run folder's lock, remove leftovers of interrupted writes,
     count a torn done-marker (``prefs/summary.json``, ``eval.json``) as missing, refuse settings that
     differ from those of a stage's outputs and a finished model that is not finite, then start over from
     the earliest stage in ``restart`` (it and every later stage, which are made from it; those are not
     compared). Nothing is removed before every check has passed."""
-    from rlhf.errors import UsageError
-    from rlhf.preflight import check_run
-
     restart = list(restart)
     order = [*stages, "eval"]  # the stages in the order they run (later rounds' too), then the evaluation
     unknown = [s for s in restart if s not in order]
     if unknown:
         raise UsageError(f"--restart {unknown[0]}: not a stage of rlhf run ({', '.join(order)})")
-    check_run(cfg, stages)
     d = Path(cfg.dir)
     acquire_lock(d, log)
     remove_leftovers(d, log)
@@ -525,7 +560,5 @@ def prepare_run(cfg, stages: dict[str, Any], restart: Iterable[str] = (), log: L
             for name in ("eval.json", EVAL_FINGERPRINT):
                 (d / name).unlink(missing_ok=True)
     if not (d / "eval.json").exists():
-        from rlhf.training import atomic_file
-
         with atomic_file(d / EVAL_FINGERPRINT) as f:
             json.dump(_eval_settings(cfg), f, indent=1)

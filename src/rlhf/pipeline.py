@@ -12,8 +12,8 @@ adds ``prefs-r/`` (preferences on the round r-1 policy's samples, from the same 
 policy, the reference staying the SFT model); ``rounds.json`` gives, per round, the old reward model's
 accuracy on the new pairs (how far the policy had exploited it) and the new one's. A stage whose output is complete is skipped on a rerun; an interrupted training
 stage resumes from its newest checkpoint. Each stage's section of the config holds overrides of that
-stage's own config (``rlhf.sft.SFTConfig``, ``rlhf.collect.CollectConfig``, ``rlhf.reward.RMConfig``,
-``rlhf.ppo.PPOConfig``); the paths that connect the stages are set here, and a section that sets one
+stage's own config (``rlhf.stages.sft.SFTConfig``, ``rlhf.stages.collect.CollectConfig``,
+``rlhf.stages.rm.RMConfig``, ``rlhf.stages.ppo.PPOConfig``); the paths that connect the stages are set here, and a section that sets one
 of them is an error.
 """
 
@@ -21,15 +21,25 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from rlhf.config import ConfigError, StageConfig, merge_trees, validate_config
-from rlhf.guards import prepare_run, read_json_state, release_lock
+from rlhf.guards import atomic_file, prepare_run, read_json_state, release_lock
 from rlhf.lab.annotators import PresetName
-from rlhf.training import atomic_file
+from rlhf.lab.base import lab_seed
+from rlhf.modeling import resolve_model, reward_model_members
+from rlhf.preflight import check_run
+from rlhf.report import ppo_trace, write_report
+from rlhf.stages.collect import CollectConfig, collect, tie_file
+from rlhf.stages.eval import best_of_n_curve, evaluate_policies
+from rlhf.stages.ppo import PPOConfig, train_ppo
+from rlhf.stages.rm import RMConfig, evaluate_saved, train_rm
+from rlhf.stages.sft import SFTConfig, train_sft
 
 # What `rlhf run` changes in each stage's own defaults (sized for a laptop CPU); a run config's
 # sections go on top of these.
@@ -42,7 +52,7 @@ RUN_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 class EvalSettings(StageConfig):
-    """The evaluation stage (the lab's gold judge and probes; see ``rlhf.evaluate``)."""
+    """The evaluation stage (the lab's gold judge and probes; see ``rlhf.metrics``)."""
 
     prompts: int = Field(240, ge=1, description="held-out lab prompts for win rate, reward, KL and length")
     best_of_n: list[int] = Field([1, 2, 4, 8, 16], description="n of the best-of-n curve")
@@ -71,17 +81,17 @@ class RunConfig(StageConfig):
     reward: Literal["learned", "gold"] = Field(
         "learned",
         description="PPO's reward: the learned reward model(s), or (the ceiling) the lab's gold judge "
-        "itself (rlhf.rewards:lab_gold; the critic still starts from the reward model)",
+        "itself (rlhf.lab.judge:gold_reward; the critic still starts from the reward model)",
     )
     round_prompts: int | None = Field(
         750, ge=2, description="prompts of each later round's collection (null: the collect section's)"
     )
-    sft: dict[str, Any] = Field(default_factory=dict, description="overrides of rlhf.sft.SFTConfig")
+    sft: dict[str, Any] = Field(default_factory=dict, description="overrides of rlhf.stages.sft.SFTConfig")
     collect: dict[str, Any] = Field(
-        default_factory=dict, description="overrides of rlhf.collect.CollectConfig"
+        default_factory=dict, description="overrides of rlhf.stages.collect.CollectConfig"
     )
-    rm: dict[str, Any] = Field(default_factory=dict, description="overrides of rlhf.reward.RMConfig")
-    ppo: dict[str, Any] = Field(default_factory=dict, description="overrides of rlhf.ppo.PPOConfig")
+    rm: dict[str, Any] = Field(default_factory=dict, description="overrides of rlhf.stages.rm.RMConfig")
+    ppo: dict[str, Any] = Field(default_factory=dict, description="overrides of rlhf.stages.ppo.PPOConfig")
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
     @property
@@ -91,7 +101,7 @@ class RunConfig(StageConfig):
     def stage_dir(self, stage: str) -> Path:
         """Where a stage writes: sft, prefs, rm, ppo for round 1; prefs-r, rm-r, ppo-r for round r."""
         kind, _, r = stage.partition("-")
-        folder = {"sft": "sft", "collect": "prefs", "rm": "rm", "ppo": "ppo"}[kind]
+        folder = STAGES[kind].folder
         return self.dir / (f"{folder}-{r}" if r else folder)
 
     @property
@@ -106,20 +116,18 @@ class RunConfig(StageConfig):
 
 
 def stage_names(cfg: RunConfig) -> list[str]:
-    """The run's stages in order: sft, collect, rm, ppo, then collect-r, rm-r, ppo-r for each later
-    round, then eval and report."""
-    later = [f"{s}-{r}" for r in range(2, cfg.rounds + 1) for s in ("collect", "rm", "ppo")]
-    return ["sft", "collect", "rm", "ppo", *later, "eval", "report"]
+    """The run's stages in order: the table's rows up to the last that repeats per round (sft, collect,
+    rm, ppo), then those that repeat, as NAME-r for each later round (collect-r, rm-r, ppo-r), then the
+    rest (eval, report)."""
+    names = list(STAGES)
+    last = max(i for i, s in enumerate(STAGES.values()) if s.per_round)
+    later = [f"{s}-{r}" for r in range(2, cfg.rounds + 1) for s in names[: last + 1] if STAGES[s].per_round]
+    return [*names[: last + 1], *later, *names[last + 1 :]]
 
 
 def stage_configs(cfg: RunConfig) -> dict[str, Any]:
     """Every stage's validated config, wired together (built before anything runs, so that a typo in
     any stage's section stops the run at once)."""
-    from rlhf.collect import CollectConfig, tie_file
-    from rlhf.ppo import PPOConfig
-    from rlhf.reward import RMConfig
-    from rlhf.sft import SFTConfig
-
     d = cfg.dir
     sft_final = str(d / "sft" / "final")
     final = {s: str(cfg.stage_dir(s) / "final") for s in stage_names(cfg) if s not in ("eval", "report")}
@@ -144,7 +152,7 @@ def stage_configs(cfg: RunConfig) -> dict[str, Any]:
         critic = cfg.stage_dir(rm_stage) / ("member-0/final" if members > 1 else "final")
         return {
             "reward_models": [],
-            "reward_functions": [{"function": "rlhf.rewards:lab_gold"}],
+            "reward_functions": [{"function": "rlhf.lab.judge:gold_reward"}],
             "critic": str(critic),
         }
 
@@ -215,16 +223,14 @@ def stage_configs(cfg: RunConfig) -> dict[str, Any]:
 
 
 def is_done(stage: str, cfg: RunConfig) -> bool:
+    """Whether a stage's output is complete (its row's ``done`` file exists), so a rerun skips it."""
     kind = stage.partition("-")[0]
-    if kind == "eval":
-        return (cfg.dir / "eval.json").exists()
-    if kind == "report":
+    row = STAGES[kind]
+    if row.done is None:
         return False  # cheap: always remade
-    if kind == "collect":
-        return (cfg.stage_dir(stage) / "summary.json").exists()
     if kind == "rm" and stage != "rm":  # a later round's reward model, and its accuracies in rounds.json
-        return (cfg.stage_dir(stage) / "final").is_dir() and stage in read_rounds(cfg)
-    return (cfg.stage_dir(stage) / "final").is_dir()
+        return (cfg.stage_dir(stage) / row.done).is_dir() and stage in read_rounds(cfg)
+    return (cfg.stage_dir(stage) / row.done).exists()
 
 
 def read_rounds(cfg: RunConfig) -> dict[str, dict[str, float]]:
@@ -236,9 +242,6 @@ def round_accuracies(cfg: RunConfig, stage: str, max_length: int, log=print) -> 
     """After round r's reward model (``stage`` = rm-r): the previous reward model's and the new one's
     pairwise accuracy on round r's held-out pairs, sampled from the policy the previous one trained
     (an ensemble: its members' mean accuracy); written to ``rounds.json`` under ``stage``."""
-    from rlhf.modeling import reward_model_members
-    from rlhf.reward import evaluate_saved
-
     r = int(stage.partition("-")[2])
     old = cfg.stage_dir("rm" if r == 2 else f"rm-{r - 1}") / "final"
     new = cfg.stage_dir(stage) / "final"
@@ -269,14 +272,9 @@ def run_pipeline(
     """Run every stage not yet complete; return the report's path. ``stop_after``: ``{stage: step}``
     ends that training stage after that step as if interrupted (the next call resumes it). ``restart``:
     stages to start over (each, and every later stage); see ``rlhf.guards.prepare_run``."""
-    from rlhf.collect import collect
-    from rlhf.modeling import lab_seed, resolve_model
-    from rlhf.ppo import train_ppo
-    from rlhf.reward import train_rm
-    from rlhf.sft import train_sft
-
     stages = stage_configs(cfg)
-    prepare_run(cfg, stages, restart, log)  # every check, the run's lock, changed settings
+    check_run(cfg, stages)  # every check first: a mistake stops the run before anything is written
+    prepare_run(cfg, stages, restart, log)  # the run's lock, changed settings, --restart
     d = cfg.dir
     d.mkdir(parents=True, exist_ok=True)
     with atomic_file(d / "config.yaml") as f:
@@ -295,25 +293,8 @@ def run_pipeline(
         return result
 
     def run_stage(stage: str) -> Any:
-        kind, c, stop = stage.partition("-")[0], stages.get(stage), stop_after.get(stage)
-        if kind == "sft":
-            return train_sft(c, stop_after=stop, log=log)
-        if kind == "collect":
-            return collect(c, log=log)
-        if kind == "rm":
-            final = train_rm(c, stop_after=stop, log=log)
-            if stage != "rm" and final.name == "final":  # a later round: how far the policy had exploited it
-                round_accuracies(cfg, stage, c.max_length, log)
-            return final
-        if kind == "ppo":
-            return train_ppo(c, stop_after=stop, log=log)
-        if kind == "eval":
-            from rlhf.run_eval import evaluate_run
-
-            return evaluate_run(cfg, stages, log=log)
-        from rlhf.report import write_report
-
-        return write_report(cfg, stages)
+        row = STAGES[stage.partition("-")[0]]
+        return row.run(cfg, stage, stages, stop_after.get(stage), log)
 
     if lab_seed(cfg.base_model) is not None and "base" not in timings:
         timed("base", lambda: resolve_model(cfg.base_model))
@@ -325,7 +306,7 @@ def run_pipeline(
         t0 = time.perf_counter()
         kind = stage.partition("-")[0]
         timed(stage, lambda stage=stage: run_stage(stage))
-        if kind in ("sft", "rm", "ppo") and not is_done(stage, cfg):
+        if STAGES[kind].trains and not is_done(stage, cfg):
             # Interrupted (stop_after): keep the time spent, stop here; a rerun resumes.
             timings[f"{stage}_partial"] = timings.pop(stage)
             with atomic_file(timings_file) as f:
@@ -335,3 +316,96 @@ def run_pipeline(
             return d
     release_lock(d)
     return d / "report.html"
+
+
+def evaluate_run(cfg, stages: dict[str, Any], log=print) -> Path:
+    """The evaluation stage of ``rlhf run``: SFT (baseline and reference) against PPO, best-of-n, and the
+    over-optimisation trace of the PPO run; written to ``runs/<name>/eval.json``."""
+    d, last = cfg.dir, cfg.final_round  # the last round's policy and reward model
+    sft = str(d / "sft" / "final")
+    ppo, rm = str(cfg.stage_dir(f"ppo{last}") / "final"), str(cfg.stage_dir(f"rm{last}") / "final")
+    result = evaluate_policies(
+        {"sft": sft, "ppo": ppo}, baseline="sft", reference=sft, reward_model=rm, n_prompts=cfg.eval.prompts,
+        xstest=cfg.eval.xstest, samples_shown=cfg.eval.samples_shown, seed=cfg.seed, log=log,
+    )  # fmt: skip
+    log("eval: best-of-n")
+    result["best_of_n"] = best_of_n_curve(sft, rm, cfg.eval.best_of_n, cfg.eval.best_of_n_prompts, cfg.seed)
+    result["ppo_trace"] = ppo_trace(cfg)
+    if (d / "rounds.json").exists():
+        result["rounds"] = json.loads((d / "rounds.json").read_text())
+    with atomic_file(d / "eval.json") as f:
+        json.dump(result, f, indent=1)
+    return d / "eval.json"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage table: what `rlhf run`, the report and the CLI know of each stage
+# ---------------------------------------------------------------------------------------------------
+
+Curves = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (y label, ((split, metric), ...)) panels
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table. A new stage of ``rlhf run`` is one row here (and its wiring in
+    :func:`stage_configs`)."""
+
+    name: str  # as ``--restart`` names it; a later round's is NAME-r
+    label: str  # what the report calls it
+    folder: str  # its folder under the run (NAME-r for round r); "." for the run folder itself
+    run: Callable[..., Any]  # (run config, stage name, every stage's config, stop_after, log) -> output
+    done: (
+        str | None
+    )  # the file or folder under ``folder`` whose presence marks it complete (None: always rerun)
+    trains: bool = False  # a training stage: it resumes, and ``stop_after`` applies
+    per_round: bool = False  # repeated in every round after the first
+    curves: Curves = ()  # learning-curve panels the report draws from its metrics
+
+
+def _sft(cfg, stage, stages, stop, log):
+    return train_sft(stages[stage], stop_after=stop, log=log)
+
+
+def _collect(cfg, stage, stages, stop, log):
+    return collect(stages[stage], log=log)
+
+
+def _rm(cfg, stage, stages, stop, log):
+    final = train_rm(stages[stage], stop_after=stop, log=log)
+    if stage != "rm" and final.name == "final":  # a later round: how far the policy had exploited it
+        round_accuracies(cfg, stage, stages[stage].max_length, log)
+    return final
+
+
+def _ppo(cfg, stage, stages, stop, log):
+    return train_ppo(stages[stage], stop_after=stop, log=log)
+
+
+def _eval(cfg, stage, stages, stop, log):
+    return evaluate_run(cfg, stages, log=log)
+
+
+def _report(cfg, stage, stages, stop, log):
+    return write_report(cfg, list(STAGES.values()))
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("sft", "SFT", "sft", _sft, "final", trains=True,
+              curves=(("loss (nats/token)", (("train", "loss"), ("eval", "loss"))),)),
+        Stage("collect", "preference collection", "prefs", _collect, "summary.json", per_round=True),
+        Stage("rm", "reward model", "rm", _rm, "final", trains=True, per_round=True,
+              curves=(("Bradley-Terry loss", (("train", "loss"),)),
+                      ("pairwise accuracy", (("train", "accuracy"), ("eval", "accuracy"),
+                                             ("eval", "bayes_accuracy"), ("eval", "gold_accuracy"))))),
+        Stage("ppo", "PPO", "ppo", _ppo, "final", trains=True, per_round=True,
+              curves=(("reward-model score", (("train", "score"),)),
+                      ("gold utility", (("train", "gold"), ("eval", "gold"))),
+                      ("KL to SFT (nats)", (("train", "kl"),)), ("beta", (("train", "beta"),)),
+                      ("reward-model disagreement (std)", (("train", "ensemble_std/final"),)),
+                      ("response tokens", (("train", "response_tokens"),)))),
+        Stage("eval", "evaluation", ".", _eval, "eval.json"),
+        Stage("report", "report", ".", _report, None),
+    )
+}  # fmt: skip

@@ -12,16 +12,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rlhf.errors import DeviceError, RewardFunctionError, UsageError
+import torch
 
-_ALIASES = ("lab", "smollm2")
+from rlhf import metrics as ev
+from rlhf.data import named_source
+from rlhf.errors import DeviceError, RewardFunctionError, UsageError
+from rlhf.modeling import check_model_folder, is_made_model, resolve_model, reward_model_members
+from rlhf.scoring import load_reward_function
+
 _DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".gz", ".csv", ".txt", ".arrow")
 
 
 def check_device(name: str, key: str = "run.device") -> None:
     """``name`` must be a device this machine has (``auto`` always is)."""
-    import torch
-
     if name == "auto":
         return
     try:
@@ -52,9 +55,13 @@ def _looks_local(name: str) -> bool:
 
 
 def check_data_path(source: str, key: str, produced: tuple[str, ...] = ()) -> None:
-    """A dataset named like a local path must exist (``lab``, hub names and the paths an earlier
+    """A dataset named like a local path must exist (a data source such as ``lab``, hub names and the paths an earlier
     stage of ``rlhf run`` makes, ``produced``, are left alone)."""
-    if source == "lab" or any(source.startswith(p) for p in produced) or not _looks_local(source):
+    if (
+        named_source(source) is not None
+        or any(source.startswith(p) for p in produced)
+        or not _looks_local(source)
+    ):
         return
     if not Path(source).expanduser().exists():
         raise UsageError(f"{key}={source!r}: no such file or folder ({Path(source).expanduser().resolve()})")
@@ -62,10 +69,8 @@ def check_data_path(source: str, key: str, produced: tuple[str, ...] = ()) -> No
 
 def check_model_path(name: str, key: str, produced: tuple[str, ...] = ()) -> None:
     """A model named like a local path must be a model folder (``rlhf.modeling.resolve_model``)."""
-    if name in _ALIASES or any(name.startswith(p) for p in produced):
+    if name == "smollm2" or is_made_model(name) or any(name.startswith(p) for p in produced):
         return
-    from rlhf.modeling import check_model_folder, resolve_model
-
     path = Path(name).expanduser()
     if path.exists():
         check_model_folder(name, path)
@@ -75,8 +80,6 @@ def check_model_path(name: str, key: str, produced: tuple[str, ...] = ()) -> Non
 
 def check_reward_functions(specs: list[Any], key: str = "reward_functions") -> None:
     """Every ``module:function`` must import and be callable."""
-    from rlhf.rewards import load_reward_function
-
     for i, spec in enumerate(specs):
         try:
             load_reward_function(spec.function)
@@ -103,8 +106,6 @@ def check_stage(cfg, produced: tuple[str, ...] = ()) -> None:
     if hasattr(cfg, "reward_functions"):
         check_reward_functions(cfg.reward_functions)
         for i, spec in enumerate(cfg.reward_models):
-            from rlhf.modeling import reward_model_members
-
             for path in reward_model_members(spec.path):  # an ensemble's members, or the folder itself
                 check_model_path(path, f"reward_models.{i}.path", produced)
         if cfg.critic not in ("reward", "policy_head"):
@@ -114,8 +115,6 @@ def check_stage(cfg, produced: tuple[str, ...] = ()) -> None:
 def check_xstest(path: str, key: str = "--xstest") -> int:
     """An XSTest prompts CSV must be readable, UTF-8, with the ``prompt``, ``type`` and ``label``
     columns on every row and at least one row; returns the number of rows."""
-    from rlhf import evaluate as ev
-
     if not Path(path).expanduser().is_file():
         raise UsageError(f"{key} {path}: no such file")
     try:

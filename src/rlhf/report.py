@@ -9,11 +9,89 @@ import html
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlhf.run_eval import metric_names, ppo_rounds_metrics
-from rlhf.training import atomic_file, read_metrics
+from rlhf.guards import atomic_file
+from rlhf.training import read_metrics
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading a run's results
+# ---------------------------------------------------------------------------------------------------
+
+
+def rounds_metrics(run_dir: Path, folder: str = "ppo") -> list[dict]:
+    """The metrics rows of a stage's folder (``ppo/``) and of its later rounds' (``ppo-r/``), ``step``
+    counting on across rounds and ``round`` saying which."""
+    rows, offset, r = [], 0, 1
+    while (path := run_dir / (folder if r == 1 else f"{folder}-{r}")).exists():
+        part = read_metrics(path)
+        rows += [{**row, "step": row["step"] + offset, "round": r} for row in part]
+        offset += max((row["step"] for row in part), default=0)
+        r += 1
+    return rows
+
+
+def ppo_trace(cfg) -> list[dict]:
+    """PPO's training rows over every round (see :func:`rounds_metrics`), the keys the report draws."""
+    keys = ("step", "round", "kl", "score", "gold", "beta", "response_tokens")
+    return [
+        {k: row[k] for k in keys if k in row}
+        for row in rounds_metrics(cfg.dir, "ppo")
+        if row["split"] == "train"
+    ]
+
+
+def metric_names(result: dict[str, Any], skip_prefix: str | None = None) -> list[str]:
+    """The numeric metrics of an evaluation's policies, in first-seen order."""
+    keys: list[str] = []
+    for res in result["results"].values():
+        for k, v in res.items():
+            if (
+                isinstance(v, int | float)
+                and k not in keys
+                and not (skip_prefix and k.startswith(skip_prefix))
+            ):
+                keys.append(k)
+    return keys
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """The terminal table of an evaluation: one column per policy (per-type XSTest rates left out; the
+    XSTest rates with the refusal classifier's known gap from humans beside them), then each policy's
+    safety-regression verdict against the baseline."""
+    names = list(result["results"])
+    keys = metric_names(result, skip_prefix="xstest/type/")
+    gaps = result.get("xstest_classifier_gap", {})
+    width = max(len(k) for k in keys) + 2
+    lines = [f"{'':<{width}}" + "".join(f"{n:>12}" for n in names)]
+    for k in keys:
+        cells = [result["results"][n].get(k) for n in names]
+        gap = f"   +-{gaps[k]:.3f} vs humans" if k in gaps else ""
+        lines.append(
+            f"{k:<{width}}"
+            + "".join(f"{c:>12.3f}" if isinstance(c, int | float) else f"{'-':>12}" for c in cells)
+            + gap
+        )
+    if gaps:
+        lines.append(
+            "+-: the refusal classifier's largest gap from human labels on that rate, on held-out models' "
+            "labelled XSTest completions (rlhf.refusal)"
+        )
+    for name, res in result["results"].items():
+        regressions = res.get("safety_vs_baseline", {}).get("regressions")
+        if regressions is not None:
+            lines.append(
+                f"safety regressions of {name} against the baseline: {', '.join(regressions) or 'none'}"
+            )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Drawing them
+# ---------------------------------------------------------------------------------------------------
 
 
 def _png(fig) -> str:
@@ -159,47 +237,37 @@ font-size:12px}img{max-width:100%}h2{border-bottom:1px solid #ddd;padding-bottom
 
 
 def render_report(
-    run_dir: Path, config_yaml: str, timings: dict[str, float], result: dict[str, Any] | None
-) -> str:
-    """The report's HTML (a string)."""
+    run_dir: Path, config_yaml: str, timings: dict[str, float], result: dict[str, Any] | None,
+    stages: Sequence[Any] = (),
+) -> str:  # fmt: skip
+    """The report's HTML (a string). ``stages``: the rows of the stage table (``rlhf.pipeline.STAGES``):
+    each names its label (for the times) and the learning-curve panels drawn from its folder (every
+    round of it, for a stage that repeats)."""
     parts = [f"<h1>RLHF run: {html.escape(run_dir.name)}</h1>"]
     if result:
         parts.append(verdict(result))
     parts.append("<h2>Stages and times</h2>")
-    stage_names = {"base": "base model", "sft": "SFT", "collect": "preference collection", "rm": "reward model",
-                   "ppo": "PPO", "eval": "evaluation", "report": "report"}  # fmt: skip
+    labels = {"base": "base model", **{s.name: s.label for s in stages}}
     parts.append(
         _table(
             ["stage", "seconds"],
-            [[stage_names.get(k, k), v] for k, v in timings.items() if not k.endswith("_partial")],
-        )
+            [
+                [
+                    labels.get(k.partition("-")[0], k)
+                    + (f", round {k.partition('-')[2]}" if "-" in k else ""),
+                    v,
+                ]
+                for k, v in timings.items()
+                if not k.endswith("_partial")
+            ],
+        )  # fmt: skip
     )
     parts.append("<h2>Learning curves</h2>")
-    sft_rows, rm_rows = (read_metrics(run_dir / s) for s in ("sft", "rm"))
-    ppo_rows = ppo_rounds_metrics(run_dir)
-    parts.append(
-        "<h3>SFT</h3>"
-        + _curves(sft_rows, [("loss (nats/token)", [("train", "loss"), ("eval", "loss")])], "SFT")
-    )
-    parts.append(
-        "<h3>Reward model</h3>"
-        + _curves(
-            rm_rows,
-            [("Bradley-Terry loss", [("train", "loss")]), ("pairwise accuracy", [("train", "accuracy"), ("eval", "accuracy"), ("eval", "bayes_accuracy"), ("eval", "gold_accuracy")])],
-            "reward model",
-        )
-    )  # fmt: skip
-    parts.append(
-        "<h3>PPO</h3>"
-        + _curves(
-            ppo_rows,
-            [("reward-model score", [("train", "score")]), ("gold utility", [("train", "gold"), ("eval", "gold")]),
-             ("KL to SFT (nats)", [("train", "kl")]), ("beta", [("train", "beta")]),
-             ("reward-model disagreement (std)", [("train", "ensemble_std/final")]),
-             ("response tokens", [("train", "response_tokens")])],
-            "PPO",
-        )
-    )  # fmt: skip
+    for s in stages:
+        if s.curves:
+            rows = rounds_metrics(run_dir, s.folder) if s.per_round else read_metrics(run_dir / s.folder)
+            title = s.label[:1].upper() + s.label[1:]
+            parts.append(f"<h3>{html.escape(title)}</h3>" + _curves(rows, list(s.curves), s.label))
     if result and result.get("rounds"):
         parts.append("<h2>Reward-model retraining rounds</h2><p>Before each later round, preferences on the "
                      "current policy's samples: the previous reward model's accuracy on them shows how far the "
@@ -256,12 +324,13 @@ def render_report(
     )
 
 
-def write_report(cfg, stages=None) -> Path:
-    """Write ``runs/<name>/report.html`` from what the run folder holds."""
+def write_report(cfg, stages: Sequence[Any] = ()) -> Path:
+    """Write ``runs/<name>/report.html`` from what the run folder holds (``stages``: as in
+    :func:`render_report`)."""
     d = cfg.dir
     timings = json.loads((d / "timings.json").read_text()) if (d / "timings.json").exists() else {}
     result = json.loads((d / "eval.json").read_text()) if (d / "eval.json").exists() else None
     config_yaml = (d / "config.yaml").read_text() if (d / "config.yaml").exists() else ""
     with atomic_file(d / "report.html") as f:
-        f.write(render_report(d, config_yaml, timings, result))
+        f.write(render_report(d, config_yaml, timings, result, stages))
     return d / "report.html"

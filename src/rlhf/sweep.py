@@ -24,11 +24,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from rlhf.training import atomic_file
+from rlhf.guards import atomic_file
+from rlhf.pipeline import run_pipeline, stage_configs
+from rlhf.report import CSS, _png
+from rlhf.stats import t_interval, wilson_interval
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (n seeds - 1); 1.96 beyond the table.
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
 
 # The figures of a run, by name: (where in eval.json or the run folder, what it means).
 FIGURES = {
@@ -48,17 +49,6 @@ FIGURES = {
     "safety_regressions": "safety metrics that got worse than SFT's by more than 0.05",
     "seconds": "the run's seconds, base model excluded",
 }
-
-
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% Student-t interval of ``values`` (the interval is the mean alone for one value)."""
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return m, m, m
-    df = len(values) - 1
-    t = T95.get(df) or next((T95[k] for k in sorted(T95) if k >= df), 1.96)
-    half = t * statistics.stdev(values) / math.sqrt(len(values))
-    return m, m - half, m + half
 
 
 def run_figures(run_dir: Path, kl_target: float) -> dict[str, Any]:
@@ -91,8 +81,6 @@ def run_figures(run_dir: Path, kl_target: float) -> dict[str, Any]:
 def pool(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean and 95% interval over seeds of every numeric figure; the pooled win rate's Wilson interval
     over all prompts; the seeds that flagged a safety regression."""
-    from rlhf.reward import wilson_interval
-
     runs = list(per_seed.values())
     keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and k != "n_prompts"]
     pooled: dict[str, Any] = {}
@@ -147,8 +135,6 @@ def sweep_html(name: str, per_seed: dict[int, dict[str, Any]], pooled: dict[str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rlhf.report import CSS, _png
-
     figs = ["gold_gain", "win_rate", "harmful_refusal_ppo", "over_refusal_ppo", "sycophancy_ppo", "kl_final"]
     fig, axes = plt.subplots(1, len(figs), figsize=(2.4 * len(figs), 3))
     for ax, key in zip(axes, figs):
@@ -168,8 +154,6 @@ def sweep_html(name: str, per_seed: dict[int, dict[str, Any]], pooled: dict[str,
 
 def run_sweep(cfg, seeds: list[int], log=print) -> Path:
     """Run ``cfg`` (an ``rlhf.pipeline.RunConfig``) once per seed, then write the sweep's files."""
-    from rlhf.pipeline import run_pipeline, stage_configs
-
     stage_configs(cfg)  # every section validated before the first seed runs
     per_seed: dict[int, dict[str, Any]] = {}
     for seed in seeds:

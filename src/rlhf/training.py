@@ -1,25 +1,23 @@
 """Training infrastructure shared by every stage: device and precision, optimiser and schedule,
 atomic checkpoints with full training state, resumption, and metrics.
 
-Nothing here knows about a particular stage; the stage loops (``rlhf.sft``, ...) compose these parts.
+Nothing here knows about a particular stage; the stage loops (``rlhf.stages.sft``, ...) compose these parts.
 Rank-awareness: :func:`is_main_process` is True unless ``torch.distributed`` is initialised on a
 rank other than 0, and only the main process writes metrics and checkpoints.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import random
 import re
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +25,11 @@ from pydantic import BaseModel, Field
 
 from rlhf import guards
 from rlhf.config import StageConfig
+from rlhf.guards import atomic_dir, atomic_file
+from rlhf.modeling import LoraSettings, model_for_saving
+from rlhf.preflight import check_device, check_stage
+
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------------
 # Settings shared by the stage configs
@@ -47,18 +50,6 @@ class OptimSettings(BaseModel):
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="clip the global gradient norm (null: no clipping)"
     )
-
-
-class LoraSettings(BaseModel):
-    """LoRA through peft; ``r: 0`` trains all weights."""
-
-    model_config = {"extra": "forbid"}
-
-    r: int = Field(0, ge=0, description="LoRA rank (0: no LoRA, full fine-tuning)")
-    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha / r)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
-    target_modules: str | list[str] = Field("all-linear", description="modules to adapt (peft syntax)")
-    merge_on_save: bool = Field(False, description="save the final model with the adapters merged in")
 
 
 class RunSettings(BaseModel):
@@ -161,20 +152,10 @@ def is_main_process() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    from rlhf.preflight import check_device
-
     check_device(name)  # a device this machine lacks is a one-line DeviceError
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def autocast(device: torch.device, bf16: bool | str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (``bf16="auto"`` or True); a no-op elsewhere unless ``bf16=True``."""
-    enabled = (bf16 == "auto" and device.type == "cuda") or bf16 is True
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def seed_everything(seed: int) -> None:
@@ -238,43 +219,6 @@ def make_scheduler(
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.pt"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; on success it is renamed to ``final`` in one step,
-    so a crash mid-write never leaves a folder that looks complete."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
-    try:
-        yield tmp
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual permissions
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_file(final: Path) -> Iterator[Any]:
-    """Write a text file through a temporary file in the same folder, renamed over ``final`` at the end."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".tmp-{final.name}-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_pretrained(model: torch.nn.Module, tokenizer: Any, folder: Path) -> None:
@@ -492,6 +436,37 @@ def read_metrics(run_dir: str | Path, log=None) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The one backward path
+# ---------------------------------------------------------------------------------------------------
+
+
+def count_over_processes(n: T) -> T:
+    """A loss normaliser (tokens, pairs) summed over every process of a distributed run, so that each
+    process's gradient is its share of the whole step's loss; on one process ``n`` itself."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return n
+    total = torch.as_tensor(n, dtype=torch.float64).clone()
+    torch.distributed.all_reduce(total)
+    return type(n)(total.item()) if isinstance(n, int | float) else total.to(n.dtype)
+
+
+def backward(
+    micro_batches: Iterable[Any], loss_fn: Callable[[Any], tuple[torch.Tensor, dict]]
+) -> dict[str, float]:
+    """Forward and backward every micro-batch of one optimiser step: ``loss_fn(batch)`` returns the
+    micro-batch's loss, already divided by the whole step's normaliser (``count_over_processes``), and
+    its statistics; the gradients accumulate, the statistics are summed over the micro-batches. Every
+    stage's update goes through here, then through :meth:`StageRun.optimizer_step`."""
+    totals: dict[str, float] = defaultdict(float)
+    for batch in micro_batches:
+        loss, stats = loss_fn(batch)
+        loss.backward()
+        for k, v in stats.items():
+            totals[k] += float(v)
+    return dict(totals)
+
+
+# ---------------------------------------------------------------------------------------------------
 # What every stage's loop shares
 # ---------------------------------------------------------------------------------------------------
 
@@ -520,7 +495,8 @@ class StageRun:
         self.dir = Path(self.settings.output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         # Device and inputs checked, the folder locked, leftovers removed, the settings compared.
-        guards.enter_stage(self.dir, name, cfg, log if is_main_process() else (lambda *_: None))
+        check_stage(cfg)
+        guards.enter_stage(self.dir, name, cfg, log, main_process=is_main_process())
         self.lr = getattr(getattr(cfg, "optim", None), "lr", None)
         if is_main_process():
             with atomic_file(self.dir / "config.yaml") as f:
@@ -568,17 +544,22 @@ class StageRun:
         newest = list_checkpoints(self.dir)
         guards.check_finite(self.name, step, values, newest[-1] if newest else None, self.lr, model)
 
-    def optimizer_step(self, model, optimizer, scheduler, max_grad_norm: float | None) -> float:
-        """Clip, step the optimiser and the schedule, clear the gradients; return the norm before clipping
-        (a non-finite norm stops the run before the step)."""
+    def optimizer_step(self, model, optimizer, max_grad_norm: float | None, scheduler=None) -> float:
+        """Clip, step the optimiser (and ``scheduler``, if given), clear the gradients; return the norm
+        before clipping (a non-finite norm stops the run before the step)."""
         grad_norm = clip_gradients(model, max_grad_norm)
-        self.step += 1
-        self.check_finite(self.step, grad_norm=grad_norm)
+        self.check_finite(self.step + 1, grad_norm=grad_norm)
         optimizer.step()
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        self.bar.update(1)
         return grad_norm
+
+    def advance(self) -> int:
+        """One step done (of ``total_steps``): move the count and the progress bar; return the step."""
+        self.step += 1
+        self.bar.update(1)
+        return self.step
 
     def due(self, step: int, every: int) -> bool:
         """True every ``every`` steps (0: never) and at the last step."""
@@ -606,8 +587,6 @@ class StageRun:
 
     def finish(self, model, tokenizer, lora: LoraSettings, extra_files: dict[str, str] | None = None) -> Path:
         """Write ``final/`` atomically (merged LoRA if ``merge_on_save``), with ``extra_files``."""
-        from rlhf.modeling import model_for_saving
-
         final = self.dir / "final"
         if is_main_process():
             self.check_finite(self.total_steps, model=model)  # never save a non-finite model

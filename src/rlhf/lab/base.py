@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from rlhf.config import rlhf_home
 from rlhf.lab import world
 from rlhf.lab.world import CATEGORIES, FAMILIES, LabPrompt, demonstrate, make_prompt
 from rlhf.training import (
@@ -92,8 +93,21 @@ class BaseModelSpec:
         return h.hexdigest()[:12]
 
 
-def rlhf_home() -> Path:
-    return Path(os.environ.get("RLHF_HOME", "~/.cache/rlhf")).expanduser()
+def lab_seed(name: str) -> int | None:
+    """The seed of a lab base model alias (``lab`` is seed 0, ``lab:N`` seed N), or None for any other name."""
+    match = re.fullmatch(r"lab(?::(\d+))?", name)
+    return None if match is None else int(match.group(1) or 0)
+
+
+def model_folder(name: str, build: bool = True) -> Path | None:
+    """The folder of the lab base model ``name`` (``lab``, ``lab:N``), built on first use; None for any
+    other name. ``rlhf.modeling`` finds the lab's models through this (its ``MODEL_SOURCES``); with
+    ``build=False`` nothing is built and any path returned may not exist yet."""
+    seed = lab_seed(name)
+    if seed is None:
+        return None
+    spec = BaseModelSpec(seed=seed)
+    return build_base_model(spec) if build else rlhf_home() / "lab"
 
 
 # ---------------------------------------------------------------------------------------------------

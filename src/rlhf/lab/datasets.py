@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
-from rlhf.lab.world import DEMONSTRATOR_MIX, FAMILIES, demonstrate, make_prompt
+from rlhf.lab.world import DEMONSTRATOR_MIX, FAMILIES, demonstrate, make_prompt, sample_prompts
 
 
 def demonstration_rows(
@@ -32,9 +32,7 @@ def demonstration_rows(
 
 def prompt_rows(n: int, seed: int) -> list[dict[str, object]]:
     """``n`` lab prompts in TRL's conversational prompt-only format, with ``family``, ``key`` and the
-    ground ``truth`` as extra columns (what the gold judge and ``rlhf.rewards:lab_gold`` need)."""
-    from rlhf.lab.world import sample_prompts
-
+    ground ``truth`` as extra columns (what the gold judge and ``rlhf.lab.judge:gold_reward`` need)."""
     return [
         {"prompt": p.messages(), "family": p.family, "key": p.key, "truth": dict(p.truth)}
         for p in sample_prompts(n, seed)

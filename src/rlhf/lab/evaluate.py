@@ -9,7 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf.lab.judge import gold_utility, n_words
 from rlhf.lab.world import LabPrompt, sample_prompts
-from rlhf.sampling import generate
+from rlhf.sampling import SamplingSettings, generate
 
 # Evaluation prompts are drawn from their own seed range, away from any training seed.
 EVAL_SEED = 9_999
@@ -45,12 +45,6 @@ def gold_eval(
 ) -> GoldReport:
     """Sample one response for each of ``n`` held-out lab prompts and score it with the gold judge."""
     prompts = sample_prompts(n, seed)
-    responses = generate(
-        model,
-        tokenizer,
-        [p.messages() for p in prompts],
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        seed=seed,
-    )
+    sampling = SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature)
+    responses = generate(model, tokenizer, [p.messages() for p in prompts], sampling, seed=seed)
     return GoldReport(prompts, responses, [gold_utility(p, r) for p, r in zip(prompts, responses)])

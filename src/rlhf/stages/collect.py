@@ -30,21 +30,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rlhf import guards
-from rlhf.config import StageConfig
 from rlhf.data import write_jsonl
+from rlhf.guards import atomic_file
 from rlhf.lab.annotators import PresetName, bayes_accuracy, get_preset, with_ties
 from rlhf.lab.judge import gold_utility, n_words
 from rlhf.lab.preferences import label_pair
 from rlhf.lab.world import sample_prompts
 from rlhf.modeling import load_causal_lm, load_tokenizer
-from rlhf.sampling import generate
-from rlhf.training import atomic_file
+from rlhf.preflight import check_stage
+from rlhf.sampling import SamplingSettings, generate
 
 
-class CollectConfig(StageConfig):
+class CollectConfig(SamplingSettings):
     """``rlhf collect`` settings."""
 
     policy: str = Field(
@@ -57,14 +57,17 @@ class CollectConfig(StageConfig):
     pairing: Literal["disjoint", "all"] = Field(
         "disjoint", description="disjoint: k/2 pairs per prompt (1-2, 3-4, ...); all: every pair"
     )
-    temperature: float = Field(1.0, gt=0, description="sampling temperature")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
-    max_new_tokens: int = Field(48, ge=1, description="longest response")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="share of prompts whose pairs go to eval.jsonl")
     output_dir: str = Field(
         "runs/prefs-lab", description="where train.jsonl, eval.jsonl, their *_ties.jsonl and summary.json go"
     )
     seed: int = Field(0, description="seed of prompts, sampling, pairing and labels")
+
+    @model_validator(mode="after")
+    def _check(self) -> CollectConfig:
+        if self.temperature <= 0:
+            raise ValueError("temperature: the k responses of a prompt must differ, so it must be > 0")
+        return self
 
 
 def _pairs(k: int, pairing: str) -> list[tuple[int, int]]:
@@ -76,7 +79,8 @@ def _pairs(k: int, pairing: str) -> list[tuple[int, int]]:
 def collect(cfg: CollectConfig, log=print) -> Path:
     """Run the collection; return the output folder."""
     out = Path(cfg.output_dir)
-    guards.enter_stage(out, "collect", cfg, log)  # policy checked, folder locked, settings compared
+    check_stage(cfg)  # the policy, before anything is written
+    guards.enter_stage(out, "collect", cfg, log)  # folder locked, settings compared
     preset = with_ties(get_preset(cfg.preset), cfg.tie_prob) if cfg.tie_prob else get_preset(cfg.preset)
     tokenizer, model = load_tokenizer(cfg.policy), load_causal_lm(cfg.policy)
 
@@ -84,9 +88,7 @@ def collect(cfg: CollectConfig, log=print) -> Path:
     prompts = sample_prompts(cfg.prompts, seed=cfg.seed + 424_242)
     conversations = [p.messages() for p in prompts for _ in range(cfg.k)]
     log(f"sampling {len(conversations)} responses ({cfg.prompts} prompts x {cfg.k}) from {cfg.policy}")
-    responses = generate(
-        model, tokenizer, conversations, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=cfg.seed
-    )
+    responses = generate(model, tokenizer, conversations, cfg.sampling, seed=cfg.seed)
 
     # 2. Pairs, shown in a random order, labelled by an annotator drawn from the pool.
     rng = random.Random(cfg.seed)

@@ -27,7 +27,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -37,26 +37,28 @@ from pydantic import Field
 from rlhf import data as rdata
 from rlhf.errors import UsageError
 from rlhf.losses import bradley_terry_loss
+from rlhf.encoding import Pair, collate, collate_pairs, encode_pair, pair_length
+from rlhf.guards import atomic_dir
 from rlhf.modeling import (
     ENSEMBLE_FILE,
+    autocast,
     count_parameters,
     load_reward_model,
     load_tokenizer,
-    pack_sequences,
     packed_sequence_scores,
     prepare_for_training,
     sequence_scores,
     supports_packing,
 )
-from rlhf.sft import Example, collate, fit_length, tokenize
+from rlhf.stats import best_possible_accuracy, calibration, pearson, wilson_interval
 from rlhf.training import (
     OptimSettings,
     RunSettings,
     Sources,
     StageRun,
     TrainConfig,
-    atomic_dir,
-    autocast,
+    backward,
+    count_over_processes,
     load_splits,
     resolve_device,
 )
@@ -97,72 +99,6 @@ class RMConfig(TrainConfig):
     run: RunSettings = Field(default_factory=lambda: RunSettings(output_dir="runs/rm-lab"))
 
 
-@dataclass
-class Pair:
-    """One tokenised preference pair (the loss masks mark each response's tokens)."""
-
-    chosen: Example
-    rejected: Example
-    margin: float
-    tie: bool
-    group: str | None = None  # the row's ``family`` column, if any: accuracy is also reported per group
-    # The labeller's probability that ``chosen`` wins, given a decisive label: p_chosen / (p_chosen +
-    # p_rejected) from the row's columns (``rlhf collect`` writes them); None when the row lacks them.
-    p_chosen: float | None = None
-    # A reference judge's utility of chosen minus that of rejected (``gold_chosen - gold_rejected``,
-    # which the lab's collection writes); None when the row lacks them.
-    gold_gap: float | None = None
-
-
-def tokenize_pair(record: rdata.Preference, tokenizer, max_length: int) -> Pair | None:
-    """Render prompt + chosen and prompt + rejected like SFT examples; None if a response does not fit."""
-    chosen, rejected = (
-        fit_length(
-            tokenize(rdata.PromptCompletion(record.prompt, response, record.meta, record.source), tokenizer),
-            max_length,
-            "left",
-        )
-        for response in (record.chosen, record.rejected)
-    )
-    if chosen is None or rejected is None:
-        return None
-    meta = record.meta
-    p_c, p_r = meta.get("p_chosen"), meta.get("p_rejected")
-    known = isinstance(p_c, (int, float)) and isinstance(p_r, (int, float)) and p_c + p_r > 0
-    g_c, g_r = meta.get("gold_chosen"), meta.get("gold_rejected")
-    gold = isinstance(g_c, (int, float)) and isinstance(g_r, (int, float))
-    return Pair(
-        chosen,
-        rejected,
-        float(record.margin or 0.0),
-        bool(meta.get("tie", False)),
-        meta.get("family"),
-        p_c / (p_c + p_r) if known else None,
-        float(g_c - g_r) if gold else None,
-    )
-
-
-def bayes_accuracy(p_chosen: torch.Tensor) -> float:
-    """The best accuracy any reward model can expect on decisive labels drawn with these probabilities
-    of ``chosen`` winning: the mean of ``max(p, 1 - p)`` (always predict the likelier label)."""
-    return torch.maximum(p_chosen, 1 - p_chosen).mean().item()
-
-
-def pair_length(pair: Pair) -> int:
-    """The longer of a pair's two sequences (what a padded micro-batch of pairs is as wide as)."""
-    return max(len(pair.chosen.input_ids), len(pair.rejected.input_ids))
-
-
-def collate_pairs(pairs: list[Pair], pad_id: int, packed: bool = False) -> dict[str, torch.Tensor]:
-    """Chosen sequences then rejected ones: right-padded in one batch of 2B rows, or with ``packed``
-    laid end to end without padding (``rlhf.modeling.pack_sequences``: same rewards, fewer positions)."""
-    sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    batch = pack_sequences([e.input_ids for e in sequences], pad_id) if packed else collate(sequences, pad_id)
-    batch["margin"] = torch.tensor([p.margin for p in pairs])
-    batch["tie"] = torch.tensor([p.tie for p in pairs])
-    return batch
-
-
 def pair_rewards(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(r_chosen, r_rejected)``, each (B,), from a ``collate_pairs`` batch (padded or packed)."""
     if "last" in batch:
@@ -176,52 +112,6 @@ def pair_rewards(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
 # ---------------------------------------------------------------------------------------------------
 # Evaluation metrics (pure functions)
 # ---------------------------------------------------------------------------------------------------
-
-
-def calibration(p_pred: torch.Tensor, outcome: torch.Tensor, bins: int = 10) -> tuple[float, list[dict]]:
-    """Expected calibration error and per-bin ``{lo, hi, predicted, observed, count}`` of predicted
-    probabilities ``p_pred`` (N,) against binary outcomes (N,)."""
-    edges = torch.linspace(0, 1, bins + 1)
-    index = torch.bucketize(p_pred, edges[1:-1], right=False)  # (N,) in 0..bins-1
-    table, ece = [], 0.0
-    for b in range(bins):
-        member = index == b
-        n = int(member.sum())
-        if n == 0:
-            continue
-        predicted, observed = p_pred[member].mean().item(), outcome[member].float().mean().item()
-        ece += n / len(p_pred) * abs(predicted - observed)
-        table.append(
-            {
-                "lo": edges[b].item(),
-                "hi": edges[b + 1].item(),
-                "predicted": predicted,
-                "observed": observed,
-                "count": n,
-            }
-        )
-    return ece, table
-
-
-def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a rate observed over ``n`` independent trials (95% for z = 1.96):
-    the uncertainty to read an accuracy or a win rate with, since a few hundred pairs or prompts leave
-    several points of it. For a win rate with ties counted half, outcomes lie in {0, 1/2, 1}; no variable
-    on [0, 1] has more variance than a 0/1 one of the same mean, so there the interval errs wide."""
-    if n <= 0:
-        raise ValueError(f"wilson_interval needs n >= 1 trials (got {n})")
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"wilson_interval needs a rate in [0, 1] (got {rate})")
-    z2 = z * z
-    centre = (rate + z2 / (2 * n)) / (1 + z2 / n)
-    half = z / (1 + z2 / n) * math.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
-    denom = (x.norm() * y.norm()).item()
-    return (x @ y).item() / denom if denom else 0.0
 
 
 def _mean(x: torch.Tensor) -> float:
@@ -282,8 +172,8 @@ def evaluate_pairs(
     }
     if kept and all(p.p_chosen is not None for p in kept):
         bayes = torch.tensor([p.p_chosen for p in kept], dtype=torch.float64)
-        metrics["bayes_accuracy"] = bayes_accuracy(bayes)
-        metrics.update(_per_group("bayes_accuracy", bayes, kept, bayes_accuracy))
+        metrics["bayes_accuracy"] = best_possible_accuracy(bayes)
+        metrics.update(_per_group("bayes_accuracy", bayes, kept, best_possible_accuracy))
     judged = [i for i, p in enumerate(pairs) if p.gold_gap]  # the judge's ties left out
     if judged and all(p.gold_gap is not None for p in pairs):
         agree = margins[judged].sign() == torch.tensor([pairs[i].gold_gap for i in judged]).sign()
@@ -322,7 +212,7 @@ def load_pairs(cfg: RMConfig, tokenizer, log) -> tuple[list[Pair], list[Pair]]:
     train, evals = load_splits(cfg, rdata.load_preferences, log)
     out = []
     for what, records in (("train", train), ("eval", evals)):
-        pairs = [tokenize_pair(r, tokenizer, cfg.max_length) for r in records]
+        pairs = [encode_pair(r, tokenizer, cfg.max_length) for r in records]
         kept = [p for p in pairs if p is not None and not (p.tie and cfg.ties == "skip" and what == "train")]
         if not cfg.use_margin:
             kept = [replace(p, margin=0.0) for p in kept]
@@ -361,7 +251,7 @@ def evaluate_saved(
     )
     records, report = rdata.load_preferences(data, split=split, on_error=on_error)
     log(f"{data}: {report.summary()}")
-    tokenized = [tokenize_pair(r, tokenizer, max_length) for r in records]
+    tokenized = [encode_pair(r, tokenizer, max_length) for r in records]
     pairs = [p for p in tokenized if p is not None]
     if len(pairs) < len(tokenized):
         log(
@@ -398,7 +288,7 @@ def train_ensemble(cfg: RMConfig, stop_after: int | None, log) -> Path:
 
 
 def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
-    """Train the reward model; return the final folder. ``stop_after``: as in ``rlhf.sft.train_sft``.
+    """Train the reward model; return the final folder. ``stop_after``: as in ``rlhf.stages.sft.train_sft``.
 
     With ``members: K > 1``, K reward models are trained one after another, member k under
     ``run.output_dir/member-k/`` with seed ``run.seed + k`` (on a bootstrap resample of the pairs with
@@ -439,25 +329,28 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
         rows = [train[i] for i in stream.take(per_step)]
         if cfg.group_by_length:  # micro-batches of similar length: the same step, less padding
             rows.sort(key=pair_length)
-        for i in range(0, per_step, cfg.batch_size):
-            batch = {
-                k: v.to(device)
-                for k, v in collate_pairs(rows[i : i + cfg.batch_size], pad_id, packed).items()
-            }
+        normalizer = count_over_processes(per_step)
+        micro = [
+            collate_pairs(rows[i : i + cfg.batch_size], pad_id, packed)
+            for i in range(0, per_step, cfg.batch_size)
+        ]
+
+        def loss_fn(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+            batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, cfg.run.bf16):
                 r_chosen, r_rejected = pair_rewards(model, batch)
             loss, stats = bradley_terry_loss(
-                r_chosen, r_rejected, batch["margin"], batch["tie"], cfg.center_coef, normalizer=per_step
+                r_chosen, r_rejected, batch["margin"], batch["tie"], cfg.center_coef, normalizer=normalizer
             )
-            loss.backward()
-            window["loss"] += loss.item() * per_step
-            window["pairs"] += len(r_chosen)
-            window["correct"] += (stats["accuracy"] * stats["pairs"]).item()
-            window["decisive"] += int(stats["pairs"])
+            return loss, {"loss": loss.item() * per_step, "pairs": len(r_chosen),
+                          "correct": stats["accuracy"] * stats["pairs"], "decisive": stats["pairs"]}  # fmt: skip
+
+        for k, v in backward(micro, loss_fn).items():
+            window[k] += v
         # 5b. Clip, step, schedule (a non-finite loss or gradient norm stops the run first).
         run.check_finite(step + 1, loss=window["loss"])
-        grad_norm = run.optimizer_step(model, optimizer, scheduler, cfg.optim.max_grad_norm)
-        step += 1
+        grad_norm = run.optimizer_step(model, optimizer, cfg.optim.max_grad_norm, scheduler)
+        step = run.advance()
 
         # 6. Log, evaluate, checkpoint.
         if run.due(step, cfg.run.log_every):
