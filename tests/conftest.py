@@ -17,10 +17,16 @@ tabulates each figure's bound, minimum and median.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoTokenizer
+
+from rlhf.modeling import load_reward_model
+from rlhf.stages.collect import CollectConfig, collect
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -83,3 +89,42 @@ def figure(record_property):
             assert value < below, f"{name} = {value:.4f}, not below {below}"
 
     return check
+
+
+@pytest.fixture(scope="session")
+def tok(lab_base_path):
+    return AutoTokenizer.from_pretrained(lab_base_path)
+
+
+@pytest.fixture(scope="module")
+def fresh_rm(lab_base_path):
+    torch.manual_seed(0)
+    return load_reward_model(str(lab_base_path), fresh_head=True).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory, lab_base_path, tok) -> Path:
+    """A (randomly initialised) lab reward model saved with its reward_stats.json."""
+    torch.manual_seed(0)
+    model = load_reward_model(str(lab_base_path), fresh_head=True)
+    folder = tmp_path_factory.mktemp("rm")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0, "n": 1}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lab_prefs(tmp_path_factory, lab_base_path, test_seed) -> Path:
+    """Pairs sampled from the lab base model (a stand-in policy), labelled by default annotators; 30% of
+    the prompts hold out about 550 pairs, so that an accuracy is known to +-4 points."""
+    out = tmp_path_factory.mktemp("prefs")
+    cfg = CollectConfig(
+        policy=str(lab_base_path),
+        prompts=1000,
+        k=4,
+        eval_fraction=0.3,
+        output_dir=str(out),
+        seed=1 + test_seed,
+    )
+    return collect(cfg, log=lambda *_: None)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.stages.collect import CollectConfig
 from rlhf.config import ConfigError, load_config, parse_overrides
+from rlhf.stages.collect import CollectConfig
 from rlhf.stages.ppo import PPOConfig
 from rlhf.stages.rm import RMConfig
 from rlhf.stages.sft import SFTConfig

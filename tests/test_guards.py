@@ -18,13 +18,13 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from rlhf import guards
-from rlhf.cli import main
+from rlhf.cli import _RUN_STAGES, main
 from rlhf.config import ConfigError, load_config
 from rlhf.errors import DivergedError, NotARewardModelError, RunLockedError, SettingsChangedError, StateError
 from rlhf.modeling import load_causal_lm, load_reward_model
-from rlhf.pipeline import RunConfig, run_pipeline, stage_configs
-from rlhf.stages.ppo import PPOConfig, RewardModelSpec, train_ppo
+from rlhf.pipeline import STAGES, RunConfig, run_pipeline, stage_configs
 from rlhf.scoring import Scorer
+from rlhf.stages.ppo import PPOConfig, RewardModelSpec, train_ppo
 from rlhf.stages.rm import RMConfig, train_rm
 from rlhf.stages.sft import SFTConfig, train_sft
 from rlhf.training import list_checkpoints, read_metrics
@@ -228,9 +228,8 @@ def test_rlhf_run_compares_every_stage_before_the_first_and_restarts_from_one(tm
     guards.prepare_run(more, more_stages, restart=("collect",), **QUIET)
     assert not (d / "prefs" / "summary.json").exists() and not (d / "eval.json").exists()
     assert (d / "sft").is_dir()  # the stage before is kept
-    from rlhf.cli import _RUN_STAGES
-
-    assert _RUN_STAGES == guards.RUN_STAGES
+    # The stages `rlhf run --restart` offers are the stage table's that leave an output.
+    assert list(_RUN_STAGES) == [name for name, row in STAGES.items() if row.done]
     guards.release_lock(d)
 
 
@@ -333,3 +332,21 @@ def test_settings_inside_the_run_folder_are_stored_relative_to_it(tmp_path):
     assert a == b == {"model": "{run}/sft/final", "data": "/data/prefs.jsonl", "optim.lr": 1e-3,
                       "reward_models": [{"path": "{run}/rm/final"}]}  # fmt: skip
     assert folder_settings(tmp_path / "b" / "rm", cfg("a"))["model"] == str(tmp_path / "a" / "sft" / "final")
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from rlhf.training import atomic_dir, atomic_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "a.txt") as f:
+            f.write("x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "x").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

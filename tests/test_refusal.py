@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from conftest import shared_file
 
 from rlhf import metrics as ev
-from rlhf.lab.probes import classified_refusal
 from rlhf import refusal
 from rlhf.cli import main
 from rlhf.lab import world
 from rlhf.lab.judge import is_refusal as lab_is_refusal
+from rlhf.lab.probes import classified_refusal
 
 # ---------------------------------------------------------------------------------------------------
 # Styles

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 from click.testing import CliRunner
 
 from rlhf.cli import main
 from rlhf.sweep import pool, sweep_markdown
-from rlhf.stats import t_interval
-
-
-def test_t_interval_by_hand():
-    # 0.5, 0.6, 0.7: mean 0.6, sd 0.1, t(2) = 4.303: half-width 4.303 * 0.1 / sqrt(3) = 0.24844
-    m, low, high = t_interval([0.5, 0.6, 0.7])
-    assert m == pytest.approx(0.6) and high - m == pytest.approx(4.303 * 0.1 / math.sqrt(3))
-    assert low == pytest.approx(2 * m - high)
-    assert t_interval([0.4]) == (0.4, 0.4, 0.4)  # one seed: no spread to speak of
-    # 12 values (df 11, not in the table): the next tabulated df's quantile, 2.179
-    values = [0.0, 1.0] * 6
-    sd = math.sqrt(sum((v - 0.5) ** 2 for v in values) / 11)
-    assert t_interval(values)[2] - 0.5 == pytest.approx(2.179 * sd / math.sqrt(12))
 
 
 def _run(win: float, gain: float, regressions: list[str], n: int = 100) -> dict:

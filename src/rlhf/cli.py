@@ -23,7 +23,7 @@ import click
 
 # The lab presets' names, for --help (importing rlhf.lab here would slow every command's start;
 # a test keeps this equal to rlhf.lab.annotators.PRESETS), and the stages `rlhf run --restart` takes
-# (a test keeps them equal to rlhf.guards.RUN_STAGES).
+# (a test keeps them equal to the stage table's, rlhf.pipeline.STAGES).
 _PRESETS = "default, length-biased, sycophantic"
 _RUN_STAGES = ("sft", "collect", "rm", "ppo", "eval")
 # A full disk or quota, a read-only file system, a permission: what the user can fix.
@@ -480,8 +480,8 @@ def eval_cmd(
     safety-regression comparison with the baseline."""
     from rlhf import data as rdata
     from rlhf.preflight import check_model_path, check_xstest
-    from rlhf.stages.eval import evaluate_policies
     from rlhf.report import summary_table
+    from rlhf.stages.eval import evaluate_policies
 
     _check_output(output)
     for key, name in [

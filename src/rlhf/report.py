@@ -16,7 +16,6 @@ from typing import Any
 from rlhf.guards import atomic_file
 from rlhf.training import read_metrics
 
-
 # ---------------------------------------------------------------------------------------------------
 # Reading a run's results
 # ---------------------------------------------------------------------------------------------------

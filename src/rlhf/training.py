@@ -451,15 +451,18 @@ def count_over_processes(n: T) -> T:
 
 
 def backward(
-    micro_batches: Iterable[Any], loss_fn: Callable[[Any], tuple[torch.Tensor, dict]]
+    micro_batches: Iterable[Any], loss_fn: Callable[[Any, Any], tuple[torch.Tensor, dict]], count: T
 ) -> dict[str, float]:
-    """Forward and backward every micro-batch of one optimiser step: ``loss_fn(batch)`` returns the
-    micro-batch's loss, already divided by the whole step's normaliser (``count_over_processes``), and
-    its statistics; the gradients accumulate, the statistics are summed over the micro-batches. Every
-    stage's update goes through here, then through :meth:`StageRun.optimizer_step`."""
+    """Forward and backward every micro-batch of one optimiser step. ``count``: what normalises the
+    step's loss on this process (its loss tokens, its pairs), summed over processes here
+    (:func:`count_over_processes`); ``loss_fn(batch, normalizer)`` returns the micro-batch's loss,
+    divided by that normaliser, and its statistics. The gradients accumulate; the statistics are summed
+    over the micro-batches. Every stage's update goes through here, then through
+    :meth:`StageRun.optimizer_step`."""
+    normalizer = count_over_processes(count)
     totals: dict[str, float] = defaultdict(float)
     for batch in micro_batches:
-        loss, stats = loss_fn(batch)
+        loss, stats = loss_fn(batch, normalizer)
         loss.backward()
         for k, v in stats.items():
             totals[k] += float(v)

@@ -79,7 +79,6 @@ from rlhf.training import (
     StageRun,
     TrainConfig,
     backward,
-    count_over_processes,
     is_main_process,
     load_splits,
     save_pretrained,
@@ -282,9 +281,8 @@ class PPO:
                 idx = order[start : start + mini]
                 if cfg.group_by_length:  # micro-batches of similar length: the same minibatch gradient
                     idx.sort(key=lambda i: -lengths[i])
-                normalizer = count_over_processes(ro.response_mask[idx].sum())
 
-                def loss_fn(part: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+                def loss_fn(part: Rollout, normalizer) -> tuple[torch.Tensor, dict[str, float]]:
                     ids, mask = part.input_ids, part.attention_mask
                     with autocast(self.device, cfg.run.bf16):
                         logits, logp, values = policy_forward(
@@ -309,7 +307,7 @@ class PPO:
                     return loss, stats
 
                 micro = (ro.select(idx[m0 : m0 + cfg.batch_size]) for m0 in range(0, mini, cfg.batch_size))
-                mb = backward(micro, loss_fn)  # this minibatch's statistics
+                mb = backward(micro, loss_fn, ro.response_mask[idx].sum())  # this minibatch's statistics
                 if cfg.early_stop_kl is not None and mb["approx_kl"] > cfg.early_stop_kl:
                     # The policy moved too far from the one that sampled: drop this step, end the update.
                     optimizer.zero_grad(set_to_none=True)

@@ -35,10 +35,10 @@ import torch
 from pydantic import Field
 
 from rlhf import data as rdata
-from rlhf.errors import UsageError
-from rlhf.losses import bradley_terry_loss
 from rlhf.encoding import Pair, collate, collate_pairs, encode_pair, pair_length
+from rlhf.errors import UsageError
 from rlhf.guards import atomic_dir
+from rlhf.losses import bradley_terry_loss
 from rlhf.modeling import (
     ENSEMBLE_FILE,
     autocast,
@@ -58,7 +58,6 @@ from rlhf.training import (
     StageRun,
     TrainConfig,
     backward,
-    count_over_processes,
     load_splits,
     resolve_device,
 )
@@ -329,13 +328,12 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
         rows = [train[i] for i in stream.take(per_step)]
         if cfg.group_by_length:  # micro-batches of similar length: the same step, less padding
             rows.sort(key=pair_length)
-        normalizer = count_over_processes(per_step)
         micro = [
             collate_pairs(rows[i : i + cfg.batch_size], pad_id, packed)
             for i in range(0, per_step, cfg.batch_size)
         ]
 
-        def loss_fn(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        def loss_fn(batch: dict[str, torch.Tensor], normalizer) -> tuple[torch.Tensor, dict[str, float]]:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, cfg.run.bf16):
                 r_chosen, r_rejected = pair_rewards(model, batch)
@@ -345,7 +343,7 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
             return loss, {"loss": loss.item() * per_step, "pairs": len(r_chosen),
                           "correct": stats["accuracy"] * stats["pairs"], "decisive": stats["pairs"]}  # fmt: skip
 
-        for k, v in backward(micro, loss_fn).items():
+        for k, v in backward(micro, loss_fn, per_step).items():
             window[k] += v
         # 5b. Clip, step, schedule (a non-finite loss or gradient norm stops the run first).
         run.check_finite(step + 1, loss=window["loss"])

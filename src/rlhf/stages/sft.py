@@ -47,7 +47,7 @@ from rlhf.modeling import (
     load_tokenizer,
     prepare_for_training,
 )
-from rlhf.training import RunSettings, StageRun, TrainConfig, backward, count_over_processes, load_splits
+from rlhf.training import RunSettings, StageRun, TrainConfig, backward, load_splits
 
 
 class SFTConfig(TrainConfig):
@@ -182,10 +182,9 @@ def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
             collate(rows[i : i + cfg.batch_size], tokenizer.pad_token_id)
             for i in range(0, per_step, cfg.batch_size)
         ]
-        normalizer = count_over_processes(sum(int(b["loss_mask"][:, 1:].sum()) for b in micro))
 
         # 5b. Forward and backward each micro-batch.
-        def loss_fn(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        def loss_fn(batch: dict[str, torch.Tensor], normalizer) -> tuple[torch.Tensor, dict[str, float]]:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, cfg.run.bf16):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -196,7 +195,8 @@ def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
                 "seen": batch["attention_mask"].sum(),
             }
 
-        for k, v in backward(micro, loss_fn).items():
+        loss_tokens = sum(int(b["loss_mask"][:, 1:].sum()) for b in micro)  # this step's, every micro-batch's
+        for k, v in backward(micro, loss_fn, loss_tokens).items():
             window[k] += v
         # 5c. Clip, step, schedule (a non-finite loss or gradient norm stops the run first).
         run.check_finite(step + 1, loss=window["nll"])

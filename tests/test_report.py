@@ -1,0 +1,24 @@
+"""rlhf.report: the verdict on scripted honest, regressed and hacked runs."""
+
+from __future__ import annotations
+
+
+def test_report_verdict_says_whether_rlhf_helped_regressed_or_was_hacked():
+    from rlhf.report import verdict
+
+    sft = {"gold": 0.20, "gold/harmful": 0.8, "gold/format": 0.1}
+    ppo = {"gold": 0.35, "gold/harmful": 0.9, "gold/format": 0.4, "win_rate_gold": 0.62,
+           "win_rate_gold_low": 0.56, "win_rate_gold_high": 0.68,
+           "safety_vs_baseline": {"regressions": []}}  # fmt: skip
+    # Proxy and gold rising together over 10 steps: no hacking.
+    honest = [{"step": i, "score": 0.1 * i, "gold": 0.2 + 0.01 * i} for i in range(1, 11)]
+    text = verdict({"results": {"sft": sft, "ppo": ppo}, "ppo_trace": honest})
+    assert "Did RLHF help?</b> yes" in text and "Did safety regress?</b> no." in text
+    assert "(the proxy rising while gold falls)?</b> no" in text and "format +0.30, harmful +0.10" in text
+    # The proxy keeps rising while gold falls from its peak at step 3, and harmful requests get answered.
+    hacked = [{"step": i, "score": 0.1 * i, "gold": 0.5 - 0.05 * abs(i - 3)} for i in range(1, 11)]
+    worse = {**ppo, "gold": 0.10, "win_rate_gold": 0.45, "win_rate_gold_low": 0.39, "win_rate_gold_high": 0.49,
+             "safety_vs_baseline": {"regressions": ["harmful_refusal_rate"]}}  # fmt: skip
+    text = verdict({"results": {"sft": sft, "ppo": worse}, "ppo_trace": hacked})
+    assert "Did RLHF help?</b> no" in text and "yes: harmful requests refused." in text
+    assert "(the proxy rising while gold falls)?</b> yes" in text and "peaked at step 3" in text
