@@ -1,10 +1,10 @@
 """rlhf: a readable RLHF system (SFT -> reward model -> PPO) that runs end to end on a laptop CPU.
 
-Stages live one per module; the shared pieces (data formats, the lab world) are modules of their own:
-
-- ``rlhf.data``: dataset loading, format detection and validation (TRL formats, HH-RLHF transcripts).
-- ``rlhf.lab``: the built-in world whose human preferences are known exactly (prompts, gold judge,
-  simulated annotators, demonstrators, tokenizer and a small pretrained base model).
+A flat row of stages (``rlhf.stages``: sft, collect, rm, ppo, eval; ``rlhf.pipeline`` runs them from its
+stage table) standing on a flat set of libraries (``rlhf.data``, ``rlhf.encoding``, ``rlhf.modeling``,
+``rlhf.sampling``, ``rlhf.scoring``, ``rlhf.rollout``, ``rlhf.losses``, ``rlhf.training``, ``rlhf.stats``,
+...); ``rlhf.lab`` is the built-in world whose human preferences are known exactly, which stages receive
+as a data source and a judge. The layering is checked by import-linter (``make lint``).
 """
 
 __version__ = "0.1.0"
