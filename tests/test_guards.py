@@ -24,6 +24,7 @@ from rlhf.errors import DivergedError, NotARewardModelError, RunLockedError, Set
 from rlhf.modeling import load_causal_lm, load_reward_model
 from rlhf.pipeline import STAGES, RunConfig, run_pipeline, stage_configs
 from rlhf.scoring import Scorer
+from rlhf.stages.collect import CollectConfig
 from rlhf.stages.ppo import PPOConfig, RewardModelSpec, train_ppo
 from rlhf.stages.rm import RMConfig, train_rm
 from rlhf.stages.sft import SFTConfig, train_sft
@@ -350,3 +351,21 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_a_setting_added_later_at_its_default_is_no_change():
+    """A run folder made before a setting existed stays usable while that setting holds its default;
+    set to anything else, it is a change like any other."""
+    old = {"temperature": 1.0, "prompts": 100}
+    defaults = {"temperature": 1.0, "prompts": 1500, "stop_strings": []}
+    assert guards.settings_diff(old, {**old, "stop_strings": []}, defaults) == []
+    assert guards.settings_diff(old, {**old, "stop_strings": ["\n"]}, defaults) == [
+        "stop_strings ((unset) -> ['\\n'])"
+    ]
+    assert guards.settings_diff(old, {**old, "prompts": 200}, defaults) == ["prompts (100 -> 200)"]
+    assert guards.settings_diff(old, {**old, "stop_strings": []}) == [
+        "stop_strings ((unset) -> [])"
+    ]  # no defaults given
+    # With a real config: CollectConfig's defaults come from the class.
+    defaults = guards.settings_of(CollectConfig.model_construct())
+    assert defaults["stop_strings"] == [] and defaults["prompts"] == 1500

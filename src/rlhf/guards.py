@@ -302,10 +302,15 @@ def settings_of(cfg) -> dict[str, Any]:
     return flat_settings(tree)
 
 
-def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def settings_diff(
+    old: dict[str, Any], new: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[str]:
     """``key (old -> new)`` for every key whose value differs, keys in :data:`SAFE_TO_CHANGE` (and the
-    output folder's own path) left out."""
+    output folder's own path) left out. ``defaults``: the config's defaults; a key the old settings lack
+    that holds its default (a setting added by a later version of the project) is no change."""
+    defaults = defaults or {}
     keys = [k for k in dict.fromkeys([*old, *new]) if k not in SAFE_TO_CHANGE + _WHERE]
+    keys = [k for k in keys if k in old or k not in defaults or defaults[k] != new.get(k)]
     missing = "(unset)"
     return [f"{k} ({old.get(k, missing)} -> {new.get(k, missing)})" for k in keys if old.get(k) != new.get(k)]
 
@@ -352,7 +357,10 @@ def settings_problem(folder: Path, cfg, log: Log | None = _stderr) -> list[str]:
     if not has_outputs(folder):
         return []
     old = stored_settings(folder, log)
-    return [] if old is None else settings_diff(old, folder_settings(folder, cfg))
+    if old is None:
+        return []
+    defaults = settings_of(type(cfg).model_construct()) if hasattr(cfg, "model_construct") else None
+    return settings_diff(old, folder_settings(folder, cfg), defaults)
 
 
 def check_settings(folder: Path, stage: str, cfg, how_to_restart: str, log: Log | None = _stderr) -> None:
