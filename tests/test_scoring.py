@@ -56,6 +56,7 @@ def test_reward_function_loading_and_errors():
         ("rlhf.rewards", "module:function"),
         ("no_such_module:f", "cannot import"),
         ("rlhf.rewards:nope", "no callable"),
+        ("rlhf.rewards:lab_gold", r"now rlhf\.lab\.judge:gold_reward"),  # an old name: where it went
     ]:
         with pytest.raises(ValueError, match=message):
             load_reward_function(bad)
