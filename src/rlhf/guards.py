@@ -99,7 +99,8 @@ def _likely_cause(key: str, lr: float | None) -> str:
     return f"the learning rate{lr_text} is too high for this model and data; lower optim.lr"
 
 
-def _stopped(stage: str, step: int, what: str, cause: str, newest: Path | None) -> DivergedError:
+def _stopped(stage: str, step: int, what: str, cause: str, newest) -> DivergedError:
+    newest = newest() if callable(newest) else newest
     kept = f"newest checkpoint {newest}" if newest else "no checkpoint"
     return DivergedError(
         f"{stage} step {step}: {what}; stopped, nothing saved after it ({kept}); likely cause: {cause}, "
@@ -108,12 +109,14 @@ def _stopped(stage: str, step: int, what: str, cause: str, newest: Path | None) 
 
 
 def check_finite(
-    stage: str, step: int, values: dict[str, Any], newest: Path | None = None, lr: float | None = None,
+    stage: str, step: int, values: dict[str, Any], newest: Path | Callable[[], Path | None] | None = None,
+    lr: float | None = None,
     model=None,
 ) -> None:  # fmt: skip
     """Raise :class:`DivergedError` at the first value of ``values`` (numbers; others are ignored) that
     is nan or inf, or, with ``model``, at its first non-finite weight. ``newest``: the newest checkpoint
-    on disk (the message names it); ``lr`` the peak learning rate, for the likely cause."""
+    on disk, or a function that finds it (called only to write the message); ``lr`` the peak learning
+    rate, for the likely cause."""
     for key, value in values.items():
         if isinstance(value, int | float) and not math.isfinite(value):
             raise _stopped(stage, step, f"{key} is {value}", _likely_cause(key, lr), newest)

@@ -126,10 +126,19 @@ def sample_responses(
     return texts, batches
 
 
+def sample_replies(
+    model, tokenizer, prompts: Sequence[Any], s: SamplingSettings | None = None, batch_size: int = 64,
+    seed: int = 0,
+) -> tuple[list[str], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]]:  # fmt: skip
+    """One sampled response per prompt (a string, or a conversation of ``{"role", "content"}`` dicts):
+    :func:`sample_responses` of the prompts' tokens (``rlhf.encoding.encode_prompts``)."""
+    tokens, _ = encode_prompts([PromptOnly(p) for p in prompts], tokenizer, max_length=10**9)
+    return sample_responses(model, tokenizer, tokens, s or SamplingSettings(), batch_size, seed)
+
+
 def generate(
     model, tokenizer, prompts: Sequence[Any], s: SamplingSettings | None = None, batch_size: int = 64,
     seed: int = 0,
 ) -> list[str]:  # fmt: skip
-    """One sampled response per prompt (a string, or a conversation of ``{"role", "content"}`` dicts)."""
-    tokens, _ = encode_prompts([PromptOnly(p) for p in prompts], tokenizer, max_length=10**9)
-    return sample_responses(model, tokenizer, tokens, s or SamplingSettings(), batch_size, seed)[0]
+    """The responses of :func:`sample_replies`, without the tensors."""
+    return sample_replies(model, tokenizer, prompts, s, batch_size, seed)[0]

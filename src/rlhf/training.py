@@ -544,14 +544,17 @@ class StageRun:
 
     def check_finite(self, step: int, model=None, **values: float) -> None:
         """Stop the run at a non-finite value (or, with ``model``, weight): ``rlhf.guards.check_finite``."""
-        newest = list_checkpoints(self.dir)
-        guards.check_finite(self.name, step, values, newest[-1] if newest else None, self.lr, model)
+        newest = lambda: (list_checkpoints(self.dir) or [None])[-1]  # noqa: E731 (listed only to report)
+        guards.check_finite(self.name, step, values, newest, self.lr, model)
 
-    def optimizer_step(self, model, optimizer, max_grad_norm: float | None, scheduler=None) -> float:
+    def optimizer_step(
+        self, model, optimizer, max_grad_norm: float | None, scheduler=None, **values: float
+    ) -> float:
         """Clip, step the optimiser (and ``scheduler``, if given), clear the gradients; return the norm
-        before clipping (a non-finite norm stops the run before the step)."""
+        before clipping. A non-finite value among ``values`` (the step's loss) or a non-finite norm stops
+        the run before the step."""
         grad_norm = clip_gradients(model, max_grad_norm)
-        self.check_finite(self.step + 1, grad_norm=grad_norm)
+        self.check_finite(self.step + 1, **values, grad_norm=grad_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

@@ -21,15 +21,13 @@ from typing import Any
 import torch
 
 from rlhf import metrics as ev
-from rlhf.data import PromptOnly
-from rlhf.encoding import encode_prompts
 from rlhf.lab.evaluate import EVAL_SEED
 from rlhf.lab.judge import gold_utility, n_words
 from rlhf.lab.probes import lab_probes, probe_prompts
 from rlhf.lab.world import sample_prompts
 from rlhf.modeling import load_causal_lm, load_tokenizer, reward_model_members, sequence_kl
 from rlhf.refusal import explain, known_gaps
-from rlhf.sampling import SamplingSettings, sample_responses
+from rlhf.sampling import SamplingSettings, sample_replies
 from rlhf.scoring import RewardEnsemble, RewardModelSpec, conversations
 from rlhf.stats import wilson_interval, win_rate
 
@@ -38,15 +36,10 @@ def _load(path: str):
     return load_causal_lm(path).eval(), load_tokenizer(path)
 
 
-def sample_with_tokens(
-    model, tokenizer, prompts: list, temperature: float = 1.0, seed: int = 0, batch_size: int = 64
-):
-    """One sampled response per prompt (a string or a conversation), with the sampler PPO uses: the
-    texts, and per batch the ``(prompt_ids, prompt_mask, response_ids, response_mask)`` tensors (for
-    ``rlhf.modeling.sequence_kl``)."""
-    tokens, _ = encode_prompts([PromptOnly(p) for p in prompts], tokenizer, max_length=10**9)
-    s = SamplingSettings(temperature=temperature)
-    return sample_responses(model, tokenizer, tokens, s, batch_size, seed, "cpu")
+def sample_with_tokens(model, tokenizer, prompts: list, temperature: float = 1.0, seed: int = 0):
+    """One sampled response per prompt with the one sampler, and per batch the ``(prompt_ids,
+    prompt_mask, response_ids, response_mask)`` tensors (for ``rlhf.modeling.sequence_kl``)."""
+    return sample_replies(model, tokenizer, prompts, SamplingSettings(temperature=temperature), seed=seed)
 
 
 def _length_stats(lengths: list[int]) -> dict[str, float]:

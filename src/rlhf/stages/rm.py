@@ -346,8 +346,9 @@ def train_rm(cfg: RMConfig, stop_after: int | None = None, log=print) -> Path:
         for k, v in backward(micro, loss_fn, per_step).items():
             window[k] += v
         # 5b. Clip, step, schedule (a non-finite loss or gradient norm stops the run first).
-        run.check_finite(step + 1, loss=window["loss"])
-        grad_norm = run.optimizer_step(model, optimizer, cfg.optim.max_grad_norm, scheduler)
+        grad_norm = run.optimizer_step(
+            model, optimizer, cfg.optim.max_grad_norm, scheduler, loss=window["loss"]
+        )
         step = run.advance()
 
         # 6. Log, evaluate, checkpoint.

@@ -199,8 +199,9 @@ def train_sft(cfg: SFTConfig, stop_after: int | None = None, log=print) -> Path:
         for k, v in backward(micro, loss_fn, loss_tokens).items():
             window[k] += v
         # 5c. Clip, step, schedule (a non-finite loss or gradient norm stops the run first).
-        run.check_finite(step + 1, loss=window["nll"])
-        grad_norm = run.optimizer_step(model, optimizer, cfg.optim.max_grad_norm, scheduler)
+        grad_norm = run.optimizer_step(
+            model, optimizer, cfg.optim.max_grad_norm, scheduler, loss=window["nll"]
+        )
         step = run.advance()
 
         # 6. Log, evaluate, checkpoint.
