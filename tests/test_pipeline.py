@@ -101,6 +101,10 @@ def test_tiny_run_end_to_end_with_an_interruption(tmp_path, lab_base_path):
         assert key in result["results"]["ppo"], key
     ppo = result["results"]["ppo"]
     assert ppo["win_rate_gold_low"] <= ppo["win_rate_gold"] <= ppo["win_rate_gold_high"]
+    # No policy wins more than one perfect by the gold judge would, overall and in any family.
+    families = [k.split("/", 1)[1] for k in ppo if k.startswith("gold/")]
+    assert families and ppo["win_rate_gold"] <= ppo["win_rate_gold_perfect"] <= 1.0
+    assert all(ppo[f"win_rate_gold/{f}"] <= ppo[f"win_rate_gold_perfect/{f}"] for f in families)
     assert [r["n"] for r in result["best_of_n"]] == [1, 2, 4] and len(result["ppo_trace"]) == 4
     timings = json.loads((d / "timings.json").read_text())
     assert {"sft", "collect", "rm", "ppo", "eval", "report"} <= set(timings)
@@ -161,6 +165,8 @@ def test_tiny_run_with_two_rounds_and_a_reward_model_ensemble(tmp_path, lab_base
         sum(r["kl"] for r in result["ppo_trace"][-5:]) / 4
     )  # 4 steps in all
     assert figures["rounds"] == rounds and any(k.startswith("gold_gain/") for k in figures)  # per family
+    assert figures["win_rate_perfect"] == ppo["win_rate_gold_perfect"]
+    assert any(k.startswith("win_rate_perfect/") for k in figures)
     logs.clear()
     run_pipeline(cfg, log=logs.append)  # a rerun skips every finished stage of both rounds
     assert {f"== {s}: done, skipped ==" for s in ("rm-2", "ppo-2", "collect-2", "eval")} <= set(logs)

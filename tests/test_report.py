@@ -15,6 +15,13 @@ def test_report_verdict_says_whether_rlhf_helped_regressed_or_was_hacked():
     text = verdict({"results": {"sft": sft, "ppo": ppo}, "ppo_trace": honest})
     assert "Did RLHF help?</b> yes" in text and "Did safety regress?</b> no." in text
     assert "(the proxy rising while gold falls)?</b> no" in text and "format +0.30, harmful +0.10" in text
+    assert "perfect by the gold judge" not in text  # an evaluation without the headroom figures
+    # With them, the verdict says how much of what could be won was won, overall and per family.
+    measured = {**ppo, "win_rate_gold_perfect": 0.77, "win_rate_gold/format": 0.6, "win_rate_gold/harmful": 0.55,
+                "win_rate_gold_perfect/format": 0.75, "win_rate_gold_perfect/harmful": 0.58}  # fmt: skip
+    text = verdict({"results": {"sft": sft, "ppo": measured}, "ppo_trace": honest})
+    assert "a policy perfect by the gold judge would win 0.770" in text
+    assert "format 0.60 of 0.75, harmful 0.55 of 0.58" in text
     # The proxy keeps rising while gold falls from its peak at step 3, and harmful requests get answered.
     hacked = [{"step": i, "score": 0.1 * i, "gold": 0.5 - 0.05 * abs(i - 3)} for i in range(1, 11)]
     worse = {**ppo, "gold": 0.10, "win_rate_gold": 0.45, "win_rate_gold_low": 0.39, "win_rate_gold_high": 0.49,
@@ -22,3 +29,13 @@ def test_report_verdict_says_whether_rlhf_helped_regressed_or_was_hacked():
     text = verdict({"results": {"sft": sft, "ppo": worse}, "ppo_trace": hacked})
     assert "Did RLHF help?</b> no" in text and "yes: harmful requests refused." in text
     assert "(the proxy rising while gold falls)?</b> yes" in text and "peaked at step 3" in text
+
+
+def test_the_terminal_table_keeps_the_headroom_and_leaves_the_per_family_win_rates_to_the_report():
+    from rlhf.report import summary_table
+
+    ppo = {"win_rate_gold": 0.58, "win_rate_gold_perfect": 0.77, "win_rate_gold/format": 0.6,
+           "win_rate_gold_perfect/format": 0.75}  # fmt: skip
+    lines = summary_table({"results": {"sft": {"gold": 0.1}, "ppo": ppo}}).splitlines()
+    assert any(line.startswith("win_rate_gold_perfect ") and "0.770" in line for line in lines)
+    assert not any("format" in line for line in lines)

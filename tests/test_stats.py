@@ -74,3 +74,11 @@ def test_win_rate_counts_ties_half():
     assert win_rate([1.0, 0.0, 0.5, 0.2], [0.0, 0.0, 0.9, 0.2]) == pytest.approx((1 + 0.5 + 0 + 0.5) / 4)
     with pytest.raises(ValueError):
         win_rate([1.0], [])
+
+
+def test_perfect_win_rate_ties_where_the_baseline_is_already_best():
+    from rlhf.stats import perfect_win_rate
+
+    # Two of four baseline samples already score the maximum: a perfect policy ties those, wins the rest.
+    assert perfect_win_rate([1.0, 0.5, -1.0, 1.0], best=1.0) == pytest.approx((0.5 + 1 + 1 + 0.5) / 4)
+    assert perfect_win_rate([1.0, 1.0], best=1.0) == 0.5  # nothing left to win

@@ -28,6 +28,21 @@ def test_pool_gives_means_intervals_the_all_prompt_win_rate_and_the_flagged_seed
     assert "| 1 |" in text and "harmful_refusal_rate" in text and "1 of 2 seeds" in text
 
 
+def test_the_tables_show_the_headroom_per_family_where_every_seed_measured_it():
+    old = {0: _run(0.6, 0.1, []), 1: _run(0.5, 0.0, [])}
+    before = sweep_markdown("x", old, pool(old))  # runs evaluated before the headroom was measured
+    assert "| win_rate | harmful" in before and "| family" not in before
+    per_seed = {
+        s: {**_run(w, 0.1, []), "win_rate_perfect": 0.75, "gold_gain/harmful": g, "win_rate/harmful": w,
+            "win_rate_perfect/harmful": 0.6}
+        for s, (w, g) in enumerate([(0.55, 0.2), (0.45, 0.1)])
+    }  # fmt: skip
+    text = sweep_markdown("x", per_seed, pool(per_seed))
+    assert "| win_rate | win_rate_perfect |" in text
+    assert "| 0 | 0.200 | 0.300 | 0.550 | 0.750 |" in text
+    assert "| harmful | +0.150 | 0.500 | 0.600 |" in text  # pooled means of the two seeds
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--seeds", "a,b"], "expected comma-separated integers"), (["--seeds", ","], "at least one seed"),

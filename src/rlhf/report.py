@@ -43,8 +43,9 @@ def ppo_trace(cfg) -> list[dict]:
     ]
 
 
-def metric_names(result: dict[str, Any], skip_prefix: str | None = None) -> list[str]:
-    """The numeric metrics of an evaluation's policies, in first-seen order."""
+def metric_names(result: dict[str, Any], skip_prefix: str | tuple[str, ...] | None = None) -> list[str]:
+    """The numeric metrics of an evaluation's policies, in first-seen order (less those that start
+    with ``skip_prefix``)."""
     keys: list[str] = []
     for res in result["results"].values():
         for k, v in res.items():
@@ -58,11 +59,12 @@ def metric_names(result: dict[str, Any], skip_prefix: str | None = None) -> list
 
 
 def summary_table(result: dict[str, Any]) -> str:
-    """The terminal table of an evaluation: one column per policy (per-type XSTest rates left out; the
+    """The terminal table of an evaluation: one column per policy (per-type XSTest rates and per-family
+    win rates left out, the report has them; the
     XSTest rates with the refusal classifier's known gap from humans beside them), then each policy's
     safety-regression verdict against the baseline."""
     names = list(result["results"])
-    keys = metric_names(result, skip_prefix="xstest/type/")
+    keys = metric_names(result, skip_prefix=("xstest/type/", "win_rate_gold/", "win_rate_gold_perfect/"))
     gaps = result.get("xstest_classifier_gap", {})
     width = max(len(k) for k in keys) + 2
     lines = [f"{'':<{width}}" + "".join(f"{n:>12}" for n in names)]
@@ -172,6 +174,7 @@ METRIC_LABELS = {
     "win_rate_gold": "win rate against SFT by the gold judge (ties half)",
     "win_rate_gold_low": "win rate, 95% interval: low",
     "win_rate_gold_high": "win rate, 95% interval: high",
+    "win_rate_gold_perfect": "win rate a policy perfect by the gold judge would reach against the same SFT samples",
     "reward": "reward-model score (normalised)",
     "win_rate_reward": "win rate against SFT by the reward model",
     "kl_to_reference": "KL to SFT (nats per response)",
@@ -185,8 +188,9 @@ METRIC_LABELS = {
 
 
 def label(metric: str) -> str:
-    if metric.startswith("gold/"):
-        return f"gold utility on {metric.split('/', 1)[1]} prompts"
+    kind, _, family = metric.partition("/")
+    if family and kind in ("gold", "win_rate_gold", "win_rate_gold_perfect"):
+        return f"{label(kind).split(' (')[0]} on {family} prompts"
     return METRIC_LABELS.get(metric, metric)
 
 
@@ -200,7 +204,12 @@ def verdict(result: dict[str, Any]) -> str:
     helped = "yes" if gain > 0 and lo > 0.5 else "no" if gain < 0 and hi < 0.5 else "not clearly"
     items = [
         f"<b>Did RLHF help?</b> {helped}: gold utility {sft['gold']:+.3f} (SFT) to {ppo['gold']:+.3f} (PPO), "
-        f"win rate against SFT {ppo.get('win_rate_gold', float('nan')):.3f} (95% {lo:.3f}-{hi:.3f})."
+        f"win rate against SFT {ppo.get('win_rate_gold', float('nan')):.3f} (95% {lo:.3f}-{hi:.3f})"
+        + (
+            f", where a policy perfect by the gold judge would win {ppo['win_rate_gold_perfect']:.3f}."
+            if "win_rate_gold_perfect" in ppo
+            else "."
+        )
     ]
     regressions = ppo.get("safety_vs_baseline", {}).get("regressions", [])
     items.append(
@@ -223,6 +232,14 @@ def verdict(result: dict[str, Any]) -> str:
     if families:
         changes = ", ".join(f"{f} {ppo[f'gold/{f}'] - sft[f'gold/{f}']:+.2f}" for f in families)
         items.append(f"<b>Per prompt family</b>, gold change from SFT to PPO: {html.escape(changes)}.")
+        if all(f"win_rate_gold_perfect/{f}" in ppo for f in families):
+            wins = ", ".join(
+                f"{f} {ppo[f'win_rate_gold/{f}']:.2f} of {ppo[f'win_rate_gold_perfect/{f}']:.2f}"
+                for f in families
+            )
+            items.append(
+                f"<b>Win rate per family</b>, PPO's of a perfect policy's (the headroom left): {html.escape(wins)}."
+            )
     return (
         '<div class="verdict"><h2>Verdict</h2><ul>' + "".join(f"<li>{i}</li>" for i in items) + "</ul></div>"
     )

@@ -20,6 +20,12 @@ def win_rate(scores: Sequence[float], baseline: Sequence[float]) -> float:
     return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, baseline)) / len(scores)
 
 
+def perfect_win_rate(baseline: Sequence[float], best: float) -> float:
+    """The win rate of a policy that scores ``best`` (the judge's maximum) on every prompt against
+    ``baseline``: the most any policy can win against these samples (it ties where they are best)."""
+    return win_rate([best] * len(baseline), baseline)
+
+
 def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval of a rate observed over ``n`` independent trials (95% for z = 1.96):
     the uncertainty to read an accuracy or a win rate with, since a few hundred pairs or prompts leave

@@ -37,6 +37,7 @@ FIGURES = {
     "gold_ppo": "gold utility of the final PPO policy",
     "gold_gain": "gold utility, PPO minus SFT",
     "win_rate": "gold win rate of PPO against SFT, per prompt, ties half",
+    "win_rate_perfect": "the win rate a policy perfect by the gold judge would reach against the same SFT samples",
     "harmful_refusal_sft": "share of harmful requests refused, SFT",
     "harmful_refusal_ppo": "share of harmful requests refused, PPO",
     "over_refusal_ppo": "share of benign look-alike requests refused, PPO",
@@ -70,9 +71,14 @@ def run_figures(run_dir: Path, kl_target: float) -> dict[str, Any]:
         "seconds": sum(v for k, v in timings.items() if k != "base" and not k.endswith("_partial")),
         "stage_seconds": timings,
     }  # fmt: skip
+    if "win_rate_gold_perfect" in ppo:  # evaluations before it was measured have no headroom figure
+        out["win_rate_perfect"] = ppo["win_rate_gold_perfect"]
     families = sorted(k.split("/", 1)[1] for k in ppo if k.startswith("gold/"))
     for f in families:
         out[f"gold_gain/{f}"] = ppo[f"gold/{f}"] - sft[f"gold/{f}"]
+        for k in (f"win_rate_gold/{f}", f"win_rate_gold_perfect/{f}"):
+            if k in ppo:
+                out[k.replace("_gold", "")] = ppo[k]
     if "rounds" in result:
         out["rounds"] = result["rounds"]
     return out
@@ -96,9 +102,26 @@ def pool(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return pooled
 
 
+def family_lines(pooled: dict[str, Any]) -> list[str]:
+    """Per prompt family, pooled means: gold gain, PPO's win rate and a perfect policy's (where measured)."""
+    families = sorted(k.split("/", 1)[1] for k in pooled if k.startswith("gold_gain/"))
+    if not families:
+        return []
+    cell = lambda k: f"{pooled[k]['mean']:.3f}" if k in pooled else "-"  # noqa: E731
+    return [
+        "| family (pooled means) | gold gain | win rate | a perfect policy's win rate |",
+        "| --- | --- | --- | --- |",
+        *[f"| {f} | {pooled[f'gold_gain/{f}']['mean']:+.3f} | {cell(f'win_rate/{f}')} | "
+          f"{cell(f'win_rate_perfect/{f}')} |" for f in families],
+        "",
+    ]  # fmt: skip
+
+
 def sweep_markdown(name: str, per_seed: dict[int, dict[str, Any]], pooled: dict[str, Any]) -> str:
     cols = ["gold_sft", "gold_ppo", "win_rate", "harmful_refusal_ppo", "over_refusal_ppo", "sycophancy_ppo",
             "uncertainty_ppo", "kl_final", "seconds"]  # fmt: skip
+    if all("win_rate_perfect" in r for r in per_seed.values()):
+        cols.insert(cols.index("win_rate") + 1, "win_rate_perfect")
     lines = [
         f"# Sweep `{name}`: {len(per_seed)} seeds", "",
         "| seed | " + " | ".join(cols) + " | safety regressions |",
@@ -121,6 +144,7 @@ def sweep_markdown(name: str, per_seed: dict[int, dict[str, Any]], pooled: dict[
         f"{w['mean']:.3f} (95% {w['low']:.3f}-{w['high']:.3f}). Gold gain over SFT: "
         f"{pooled['gold_gain']['mean']:+.3f} (95% {pooled['gold_gain']['low']:+.3f} to {pooled['gold_gain']['high']:+.3f}).",
         "",
+        *family_lines(pooled),
         "| figure | meaning |",
         "| --- | --- |",
         *[f"| {k} | {v} |" for k, v in FIGURES.items()],

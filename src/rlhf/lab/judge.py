@@ -36,6 +36,7 @@ from typing import Any
 from rlhf.errors import RewardFunctionError
 from rlhf.lab.world import CATEGORIES, LabPrompt
 
+GOLD_MAX = 1.0  # the best utility; every family has a short response that reaches it
 RAMBLE_FREE_WORDS = 15
 RAMBLE_RATE = 0.02
 RAMBLE_CAP = 0.6
@@ -191,7 +192,7 @@ def gold_utility(prompt: LabPrompt, response: str) -> float:
     if not response.strip():
         return 0.0 if prompt.family == "harmful" else -0.5
     u = _RUBRIC[prompt.family](prompt.truth, response) - ramble_cost(response)
-    return max(-1.0, min(1.0, u))
+    return max(-GOLD_MAX, min(GOLD_MAX, u))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -22,14 +22,14 @@ import torch
 
 from rlhf import metrics as ev
 from rlhf.lab.evaluate import EVAL_SEED
-from rlhf.lab.judge import gold_utility, n_words
+from rlhf.lab.judge import GOLD_MAX, gold_utility, n_words
 from rlhf.lab.probes import lab_probes, probe_prompts
 from rlhf.lab.world import sample_prompts
 from rlhf.modeling import load_causal_lm, load_tokenizer, reward_model_members, sequence_kl
 from rlhf.refusal import explain, known_gaps
 from rlhf.sampling import SamplingSettings, sample_replies
 from rlhf.scoring import RewardEnsemble, RewardModelSpec, conversations
-from rlhf.stats import wilson_interval, win_rate
+from rlhf.stats import perfect_win_rate, wilson_interval, win_rate
 
 
 def _load(path: str):
@@ -138,6 +138,13 @@ def evaluate_policies(
             res["win_rate_gold_low"], res["win_rate_gold_high"] = wilson_interval(
                 res["win_rate_gold"], len(gold[name])
             )
+            # The headroom: what a policy perfect by the gold judge would win against the same samples.
+            res["win_rate_gold_perfect"] = perfect_win_rate(gold[baseline], GOLD_MAX)
+            for family in sorted({p.family for p in lab_prompts}):
+                rows = [j for j, p in enumerate(lab_prompts) if p.family == family]
+                ref = [gold[baseline][j] for j in rows]
+                res[f"win_rate_gold/{family}"] = win_rate([gold[name][j] for j in rows], ref)
+                res[f"win_rate_gold_perfect/{family}"] = perfect_win_rate(ref, GOLD_MAX)
         if scorer is not None:
             res["win_rate_reward"] = win_rate(rewards[name], rewards[baseline])
             res["length_bias"] = ev.length_bias(
