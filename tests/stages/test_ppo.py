@@ -102,6 +102,7 @@ def test_lora_reference_is_the_policy_without_adapters_and_resume_is_exact(tmp_p
     assert all(0.0 <= r["win_rate"] <= 1.0 and math.isfinite(r["gold"]) for r in evals)
     # With its 95% interval over the 8 prompts: wide, and around the rate.
     assert all(r["win_rate_low"] <= r["win_rate"] <= r["win_rate_high"] for r in evals)
+    assert all(r["win_rate"] <= r["win_rate_perfect"] for r in evals)  # nothing beats a perfect policy
     assert all(r["win_rate_high"] - r["win_rate_low"] > 0.3 for r in evals)
     samples = json.loads((Path(straight.run.output_dir) / "eval_samples.json").read_text())
     assert samples["step"] == 4 and len(samples["samples"]) == 8

@@ -13,8 +13,8 @@ from typing import Any
 
 from rlhf.lab.datasets import demonstration_rows, prompt_rows
 from rlhf.lab.evaluate import EVAL_SEED, gold_eval
-from rlhf.lab.judge import gold_reward, n_words
-from rlhf.stats import wilson_interval, win_rate
+from rlhf.lab.judge import GOLD_MAX, gold_reward, n_words
+from rlhf.stats import perfect_win_rate, wilson_interval, win_rate
 
 
 def judge_model(model, tokenizer, n: int) -> dict[str, float]:
@@ -24,7 +24,8 @@ def judge_model(model, tokenizer, n: int) -> dict[str, float]:
 
 
 def judge_against(plain, meta, responses: list[str], reference: list[str]) -> dict[str, float]:
-    """Gold utility of the responses, by family, their win rate against the reference's (ties half); ``meta``: the prompt rows' columns."""
+    """Gold utility of the responses, by family, their win rate against the reference's (ties half) and
+    a perfect policy's; ``meta``: the prompt rows' columns."""
     gold, ref = gold_reward(plain, responses, meta), gold_reward(plain, reference, meta)
     wins = win_rate(gold, ref)
     wins_low, wins_high = wilson_interval(wins, len(gold))
@@ -34,6 +35,7 @@ def judge_against(plain, meta, responses: list[str], reference: list[str]) -> di
         "win_rate": wins,
         "win_rate_low": wins_low,  # 95% Wilson interval over the held-out prompts
         "win_rate_high": wins_high,
+        "win_rate_perfect": perfect_win_rate(ref, GOLD_MAX),  # the headroom: a perfect policy's win rate
         "response_words": sum(n_words(x) for x in responses) / len(responses),
     }
     by_family: dict[str, list[float]] = defaultdict(list)
