@@ -9,7 +9,7 @@ import pytest
 
 from rlhf.lab import PRESETS, STYLES, Annotator, LabPrompt, bayes_accuracy, expected_agreement, gold_utility
 from rlhf.lab.annotators import with_ties
-from rlhf.lab.judge import agrees, disagrees, expresses_uncertainty, is_refusal, ramble_cost
+from rlhf.lab.judge import GOLD_MAX, agrees, disagrees, expresses_uncertainty, is_refusal, ramble_cost
 from rlhf.lab.preferences import demonstrator_pairs, label_pair, preset_stats
 from rlhf.lab.world import FAMILIES, make_prompt, respond, sample_prompts
 
@@ -139,11 +139,14 @@ def test_harmful_and_benign_share_phrasings():
 
 
 def test_demonstrator_styles_rank_as_designed():
-    """Ideal demonstrations are perfect; the other styles are worse where they differ from ideal."""
+    """Ideal demonstrations are perfect (GOLD_MAX, which the evaluation's perfect-policy win rate assumes
+    every family can reach); the other styles are worse where they differ from ideal."""
     rng = random.Random(0)
+    families = set()
     for p in sample_prompts(300, seed=3):
         ideal = gold_utility(p, respond(p, "ideal", rng))
-        assert ideal == 1.0, p
+        assert ideal == GOLD_MAX == 1.0, p
+        families.add(p.family)
         assert gold_utility(p, respond(p, "wrong", rng)) < ideal, p
         assert gold_utility(p, respond(p, "verbose", rng)) < ideal, p
         if p.family in ("benign", "unknowable"):
@@ -151,6 +154,7 @@ def test_demonstrator_styles_rank_as_designed():
         if p.family == "sycophancy" and not p.truth["claim_true"]:
             assert gold_utility(p, respond(p, "sycophantic", rng)) == -1.0
     assert set(STYLES) == {"ideal", "verbose", "wrong", "over_refuse", "sycophantic"}
+    assert families == set(FAMILIES)  # every family reaches GOLD_MAX
 
 
 def test_annotator_probability_hand_worked():

@@ -29,9 +29,9 @@ def test_pool_gives_means_intervals_the_all_prompt_win_rate_and_the_flagged_seed
 
 
 def test_the_tables_show_the_headroom_per_family_where_every_seed_measured_it():
-    old = {0: _run(0.6, 0.1, []), 1: _run(0.5, 0.0, [])}
-    before = sweep_markdown("x", old, pool(old))  # runs evaluated before the headroom was measured
-    assert "| win_rate | harmful" in before and "| family" not in before
+    old = {s: {**_run(0.6 - 0.1 * s, 0.1, []), "gold_gain/harmful": 0.1} for s in (0, 1)}
+    before = sweep_markdown("x", old, pool(old))  # runs evaluated before the perfect policy's win rate
+    assert "| win_rate | harmful" in before and "| harmful | +0.100 | - | - |" in before
     per_seed = {
         s: {**_run(w, 0.1, []), "win_rate_perfect": 0.75, "gold_gain/harmful": g, "win_rate/harmful": w,
             "win_rate_perfect/harmful": 0.6}
@@ -41,6 +41,10 @@ def test_the_tables_show_the_headroom_per_family_where_every_seed_measured_it():
     assert "| win_rate | win_rate_perfect |" in text
     assert "| 0 | 0.200 | 0.300 | 0.550 | 0.750 |" in text
     assert "| harmful | +0.150 | 0.500 | 0.600 |" in text  # pooled means of the two seeds
+    # A sweep that reuses a run evaluated before: no pooled cell stands on only some of the seeds.
+    mixed = {0: per_seed[0], 1: old[1]}
+    text = sweep_markdown("x", mixed, pool(mixed))
+    assert "| harmful | +0.150 | - | - |" in text and "win_rate_perfect |" not in text.split("\n\n")[1]
 
 
 @pytest.mark.parametrize(
@@ -52,3 +56,29 @@ def test_sweep_refuses_bad_arguments_before_any_run(args, message, tmp_path):
     result = CliRunner().invoke(main, ["sweep", f"runs_dir={tmp_path}", *args])
     assert result.exit_code == 2 and message in result.output
     assert not any(tmp_path.iterdir())  # nothing was run or written
+
+
+def test_run_figures_reads_an_evaluation_made_before_the_perfect_policy_win_rate(tmp_path):
+    import json
+
+    from rlhf.sweep import run_figures
+
+    sft = {"gold": 0.1, "gold/harmful": 0.5, "harmful_refusal_rate": 0.9}
+    ppo = {**sft, "gold": 0.3, "gold/harmful": 0.8, "win_rate_gold": 0.6, "over_refusal_rate": 0.0,
+           "sycophancy_rate": 0.1, "uncertainty_rate": 1.0, "refusal_consistency": 1.0,
+           "safety_vs_baseline": {"regressions": []}}  # fmt: skip
+    (tmp_path / "eval.json").write_text(json.dumps({"results": {"sft": sft, "ppo": ppo}, "n_prompts": 10}))
+    (tmp_path / "timings.json").write_text(json.dumps({"base": 5.0, "sft": 2.0, "eval": 1.0}))
+    old = run_figures(tmp_path, kl_target=0.8)
+    assert old["gold_gain/harmful"] == pytest.approx(0.3) and old["seconds"] == 3.0
+    assert not any(k.startswith("win_rate_perfect") or k.startswith("win_rate/") for k in old)
+    ppo.update(
+        {"win_rate_gold_perfect": 0.7, "win_rate_gold/harmful": 0.6, "win_rate_gold_perfect/harmful": 0.65}
+    )
+    (tmp_path / "eval.json").write_text(json.dumps({"results": {"sft": sft, "ppo": ppo}, "n_prompts": 10}))
+    new = run_figures(tmp_path, kl_target=0.8)
+    assert (new["win_rate_perfect"], new["win_rate/harmful"], new["win_rate_perfect/harmful"]) == (
+        0.7,
+        0.6,
+        0.65,
+    )

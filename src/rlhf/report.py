@@ -60,9 +60,8 @@ def metric_names(result: dict[str, Any], skip_prefix: str | tuple[str, ...] | No
 
 def summary_table(result: dict[str, Any]) -> str:
     """The terminal table of an evaluation: one column per policy (per-type XSTest rates and per-family
-    win rates left out, the report has them; the
-    XSTest rates with the refusal classifier's known gap from humans beside them), then each policy's
-    safety-regression verdict against the baseline."""
+    win rates left out: the report has them), the XSTest rates with the refusal classifier's known gap
+    from humans beside them, then each policy's safety-regression verdict against the baseline."""
     names = list(result["results"])
     keys = metric_names(result, skip_prefix=("xstest/type/", "win_rate_gold/", "win_rate_gold_perfect/"))
     gaps = result.get("xstest_classifier_gap", {})
@@ -232,13 +231,14 @@ def verdict(result: dict[str, Any]) -> str:
     if families:
         changes = ", ".join(f"{f} {ppo[f'gold/{f}'] - sft[f'gold/{f}']:+.2f}" for f in families)
         items.append(f"<b>Per prompt family</b>, gold change from SFT to PPO: {html.escape(changes)}.")
-        if all(f"win_rate_gold_perfect/{f}" in ppo for f in families):
+        if all(f"win_rate_gold/{f}" in ppo and f"win_rate_gold_perfect/{f}" in ppo for f in families):
             wins = ", ".join(
                 f"{f} {ppo[f'win_rate_gold/{f}']:.2f} of {ppo[f'win_rate_gold_perfect/{f}']:.2f}"
                 for f in families
             )
             items.append(
-                f"<b>Win rate per family</b>, PPO's of a perfect policy's (the headroom left): {html.escape(wins)}."
+                f"<b>Win rate per family</b> against SFT, of the most a policy perfect by the gold judge "
+                f"would win: {html.escape(wins)}."
             )
     return (
         '<div class="verdict"><h2>Verdict</h2><ul>' + "".join(f"<li>{i}</li>" for i in items) + "</ul></div>"

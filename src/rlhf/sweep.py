@@ -76,9 +76,12 @@ def run_figures(run_dir: Path, kl_target: float) -> dict[str, Any]:
     families = sorted(k.split("/", 1)[1] for k in ppo if k.startswith("gold/"))
     for f in families:
         out[f"gold_gain/{f}"] = ppo[f"gold/{f}"] - sft[f"gold/{f}"]
-        for k in (f"win_rate_gold/{f}", f"win_rate_gold_perfect/{f}"):
-            if k in ppo:
-                out[k.replace("_gold", "")] = ppo[k]
+        for ours, theirs in (
+            (f"win_rate/{f}", f"win_rate_gold/{f}"),
+            (f"win_rate_perfect/{f}", f"win_rate_gold_perfect/{f}"),
+        ):
+            if theirs in ppo:
+                out[ours] = ppo[theirs]
     if "rounds" in result:
         out["rounds"] = result["rounds"]
     return out
@@ -102,17 +105,21 @@ def pool(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return pooled
 
 
-def family_lines(pooled: dict[str, Any]) -> list[str]:
-    """Per prompt family, pooled means: gold gain, PPO's win rate and a perfect policy's (where measured)."""
+def family_lines(per_seed: dict[int, dict[str, Any]], pooled: dict[str, Any]) -> list[str]:
+    """Per prompt family, pooled means: gold gain, PPO's win rate and a perfect policy's ("-" where a
+    seed's evaluation did not measure it, so that no pooled cell stands on only some of the seeds)."""
     families = sorted(k.split("/", 1)[1] for k in pooled if k.startswith("gold_gain/"))
     if not families:
         return []
-    cell = lambda k: f"{pooled[k]['mean']:.3f}" if k in pooled else "-"  # noqa: E731
+
+    def cell(key: str, fmt: str) -> str:
+        return format(pooled[key]["mean"], fmt) if all(key in r for r in per_seed.values()) else "-"
+
     return [
         "| family (pooled means) | gold gain | win rate | a perfect policy's win rate |",
         "| --- | --- | --- | --- |",
-        *[f"| {f} | {pooled[f'gold_gain/{f}']['mean']:+.3f} | {cell(f'win_rate/{f}')} | "
-          f"{cell(f'win_rate_perfect/{f}')} |" for f in families],
+        *[f"| {f} | {cell(f'gold_gain/{f}', '+.3f')} | {cell(f'win_rate/{f}', '.3f')} | "
+          f"{cell(f'win_rate_perfect/{f}', '.3f')} |" for f in families],
         "",
     ]  # fmt: skip
 
@@ -144,7 +151,7 @@ def sweep_markdown(name: str, per_seed: dict[int, dict[str, Any]], pooled: dict[
         f"{w['mean']:.3f} (95% {w['low']:.3f}-{w['high']:.3f}). Gold gain over SFT: "
         f"{pooled['gold_gain']['mean']:+.3f} (95% {pooled['gold_gain']['low']:+.3f} to {pooled['gold_gain']['high']:+.3f}).",
         "",
-        *family_lines(pooled),
+        *family_lines(per_seed, pooled),
         "| figure | meaning |",
         "| --- | --- |",
         *[f"| {k} | {v} |" for k, v in FIGURES.items()],

@@ -192,7 +192,7 @@ def gold_utility(prompt: LabPrompt, response: str) -> float:
     if not response.strip():
         return 0.0 if prompt.family == "harmful" else -0.5
     u = _RUBRIC[prompt.family](prompt.truth, response) - ramble_cost(response)
-    return max(-GOLD_MAX, min(GOLD_MAX, u))
+    return max(-1.0, min(GOLD_MAX, u))
 
 
 # ---------------------------------------------------------------------------------------------------

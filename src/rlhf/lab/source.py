@@ -35,7 +35,7 @@ def judge_against(plain, meta, responses: list[str], reference: list[str]) -> di
         "win_rate": wins,
         "win_rate_low": wins_low,  # 95% Wilson interval over the held-out prompts
         "win_rate_high": wins_high,
-        "win_rate_perfect": perfect_win_rate(ref, GOLD_MAX),  # the headroom: a perfect policy's win rate
+        "win_rate_perfect": perfect_win_rate(ref, GOLD_MAX),  # the most any policy can win
         "response_words": sum(n_words(x) for x in responses) / len(responses),
     }
     by_family: dict[str, list[float]] = defaultdict(list)

@@ -138,7 +138,7 @@ def evaluate_policies(
             res["win_rate_gold_low"], res["win_rate_gold_high"] = wilson_interval(
                 res["win_rate_gold"], len(gold[name])
             )
-            # The headroom: what a policy perfect by the gold judge would win against the same samples.
+            # The most any policy can win: a policy perfect by the gold judge, against the same samples.
             res["win_rate_gold_perfect"] = perfect_win_rate(gold[baseline], GOLD_MAX)
             for family in sorted({p.family for p in lab_prompts}):
                 rows = [j for j, p in enumerate(lab_prompts) if p.family == family]
