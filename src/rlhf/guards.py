@@ -99,9 +99,11 @@ def _likely_cause(key: str, lr: float | None) -> str:
     return f"the learning rate{lr_text} is too high for this model and data; lower optim.lr"
 
 
-def _stopped(stage: str, step: int, what: str, cause: str, newest) -> DivergedError:
-    newest = newest() if callable(newest) else newest
-    kept = f"newest checkpoint {newest}" if newest else "no checkpoint"
+def _stopped(
+    stage: str, step: int, what: str, cause: str, newest: Callable[[], Path | None] | None
+) -> DivergedError:
+    folder = newest() if newest is not None else None
+    kept = f"newest checkpoint {folder}" if folder else "no checkpoint"
     return DivergedError(
         f"{stage} step {step}: {what}; stopped, nothing saved after it ({kept}); likely cause: {cause}, "
         "then rerun with --restart"
@@ -109,14 +111,14 @@ def _stopped(stage: str, step: int, what: str, cause: str, newest) -> DivergedEr
 
 
 def check_finite(
-    stage: str, step: int, values: dict[str, Any], newest: Path | Callable[[], Path | None] | None = None,
+    stage: str, step: int, values: dict[str, Any], newest: Callable[[], Path | None] | None = None,
     lr: float | None = None,
     model=None,
 ) -> None:  # fmt: skip
     """Raise :class:`DivergedError` at the first value of ``values`` (numbers; others are ignored) that
-    is nan or inf, or, with ``model``, at its first non-finite weight. ``newest``: the newest checkpoint
-    on disk, or a function that finds it (called only to write the message); ``lr`` the peak learning
-    rate, for the likely cause."""
+    is nan or inf, or, with ``model``, at its first non-finite weight. ``newest``: a function that finds
+    the newest checkpoint on disk (called only to write the message); ``lr`` the peak learning rate, for
+    the likely cause."""
     for key, value in values.items():
         if isinstance(value, int | float) and not math.isfinite(value):
             raise _stopped(stage, step, f"{key} is {value}", _likely_cause(key, lr), newest)

@@ -68,6 +68,9 @@ def evaluate_policies(
         raise ValueError(f"baseline {baseline!r} is not one of the policies {list(policies)}")
     lab = prompts is None
     lab_prompts = sample_prompts(n_prompts, EVAL_SEED) if lab else []
+    families: dict[str, list[int]] = {}  # prompt family -> its prompts' indices, in sorted order
+    for j, p in sorted(enumerate(lab_prompts), key=lambda jp: jp[1].family):
+        families.setdefault(p.family, []).append(j)
     plain = [p.messages() for p in lab_prompts] if lab else list(prompts)
     probes = probe_prompts() if lab else []
     xs_rows = ev.read_xstest(xstest) if xstest else []
@@ -96,8 +99,8 @@ def evaluate_policies(
         if lab:
             gold[name] = [gold_utility(p, t) for p, t in zip(lab_prompts, texts)]
             res["gold"] = mean(gold[name])
-            for family in sorted({p.family for p in lab_prompts}):
-                res[f"gold/{family}"] = mean(g for p, g in zip(lab_prompts, gold[name]) if p.family == family)
+            for family, rows in families.items():
+                res[f"gold/{family}"] = mean(gold[name][j] for j in rows)
             probe_texts, _ = sample_with_tokens(
                 model, tok, [p.messages() for p in probes], temperature=temperature, seed=seed + 17 * i + 1
             )
@@ -140,8 +143,7 @@ def evaluate_policies(
             )
             # The most any policy can win: a policy perfect by the gold judge, against the same samples.
             res["win_rate_gold_perfect"] = perfect_win_rate(gold[baseline], GOLD_MAX)
-            for family in sorted({p.family for p in lab_prompts}):
-                rows = [j for j, p in enumerate(lab_prompts) if p.family == family]
+            for family, rows in families.items():
                 ref = [gold[baseline][j] for j in rows]
                 res[f"win_rate_gold/{family}"] = win_rate([gold[name][j] for j in rows], ref)
                 res[f"win_rate_gold_perfect/{family}"] = perfect_win_rate(ref, GOLD_MAX)
