@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_report_verdict_says_whether_rlhf_helped_regressed_or_was_hacked():
     from rlhf.report import verdict
@@ -28,7 +30,35 @@ def test_report_verdict_says_whether_rlhf_helped_regressed_or_was_hacked():
              "safety_vs_baseline": {"regressions": ["harmful_refusal_rate"]}}  # fmt: skip
     text = verdict({"results": {"sft": sft, "ppo": worse}, "ppo_trace": hacked})
     assert "Did RLHF help?</b> no" in text and "yes: harmful requests refused." in text
-    assert "(the proxy rising while gold falls)?</b> yes" in text and "peaked at step 3" in text
+    assert "(the proxy rising while gold falls)?</b> yes" in text and "(from step 1, +0.44" in text
+
+
+def test_reward_hacking_reads_each_round_in_blocks_so_one_lucky_step_is_not_a_fall():
+    from rlhf.report import reward_hacking, verdict
+
+    sft = {"gold": 0.20}
+    ppo = {"gold": 0.40, "win_rate_gold": 0.56, "win_rate_gold_low": 0.5, "win_rate_gold_high": 0.62}
+    # Gold rising 0.01 a step with one lucky step (+0.4 at step 8): its block's mean gains 0.08, and the
+    # last 5 steps are the best block, so no fall (a single-step peak would read 0.68 against 0.38).
+    lucky = [
+        {"step": i, "score": 0.05 * i, "gold": 0.2 + 0.01 * i + (0.4 if i == 8 else 0)} for i in range(1, 21)
+    ]
+    reading = reward_hacking(lucky)
+    assert not reading["hacked"] and reading["fall"] == pytest.approx(0.0)
+    # The same fall of 0.12 from the best block is hacking when the steps are steady and not when
+    # they swing by +-0.3 (noise 0.27 there: twice it is more than the fall).
+    steady = [0.5] * 10 + [0.38] * 10
+    swinging = [g + (0.3 if i % 2 else -0.3) for i, g in enumerate(steady)]
+    rows = lambda gold: [{"step": i + 1, "score": 0.05 * i, "gold": g} for i, g in enumerate(gold)]  # noqa: E731
+    assert reward_hacking(rows(steady))["hacked"] and not reward_hacking(rows(swinging))["hacked"]
+    assert reward_hacking(rows(steady)[:9]) is None  # too few steps to say
+    # Rounds are read apart (each has its own reward model, so its own score scale): round 1 honest,
+    # round 2's score rising while gold falls.
+    round1 = [{**r, "round": 1} for r in rows([0.2 + 0.01 * i for i in range(10)])]
+    round2 = [{**r, "step": r["step"] + 10, "round": 2} for r in rows(steady)]
+    text = verdict({"results": {"sft": sft, "ppo": ppo}, "ppo_trace": round1 + round2})
+    assert "falls)?</b> yes" in text and "round 1: " in text and "round 2: " in text
+    assert "(from step 11, +0.50" in text
 
 
 def test_the_terminal_table_keeps_the_headroom_and_leaves_the_per_family_win_rates_to_the_report():

@@ -82,3 +82,20 @@ def test_perfect_win_rate_ties_where_the_baseline_is_already_best():
     # Two of four baseline samples already score the maximum: a perfect policy ties those, wins the rest.
     assert perfect_win_rate([1.0, 0.5, -1.0, 1.0], best=1.0) == pytest.approx((0.5 + 1 + 1 + 0.5) / 4)
     assert perfect_win_rate([1.0, 1.0], best=1.0) == 0.5  # nothing left to win
+
+
+def test_block_drift_reads_a_series_in_blocks_counted_back_from_the_last_step():
+    from rlhf.stats import block_drift
+
+    # width 2 over 7 values: the leading 9 is left out; blocks [1, 3] [4, 4] [1, 1] -> means 2, 4, 1.
+    # Successive differences 2, 1, 0, -3, 0: sigma^2 = (4 + 1 + 0 + 9 + 0) / 5 / 2 = 1.4, se = sigma.
+    d = block_drift([9, 1, 3, 4, 4, 1, 1], width=2)
+    assert (d["first"], d["last"], d["best"], d["best_start"]) == (2, 1, 4, 3)
+    assert d["se"] == pytest.approx(math.sqrt(1.4))
+    # A constant shift moves the means and leaves the noise; a single spike moves its block by 1/width.
+    shifted = block_drift([v + 10 for v in [9, 1, 3, 4, 4, 1, 1]], width=2)
+    assert shifted["best"] == 14 and shifted["se"] == pytest.approx(d["se"])
+    spiked = block_drift([0.0] * 9 + [1.0] + [0.0] * 10, width=5)
+    assert spiked["best"] == pytest.approx(0.2) and spiked["best_start"] == 5
+    with pytest.raises(ValueError, match="at least 4 values"):
+        block_drift([1, 2, 3], width=2)

@@ -91,3 +91,28 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     t = T95.get(df) or next((T95[k] for k in sorted(T95) if k >= df), 1.96)
     half = t * statistics.stdev(values) / math.sqrt(len(values))
     return m, m - half, m + half
+
+
+def block_drift(values: Sequence[float], width: int = 5) -> dict[str, float | int]:
+    """How a noisy per-step series moved, read in blocks of ``width`` steps counted back from the last
+    step (a leading remainder shorter than a block is left out): ``first`` and ``last`` are the first and
+    last blocks' means, ``best`` the highest block mean and ``best_start`` the index of that block's first
+    value; ``se`` the standard error of the difference of two block means, sigma * sqrt(2 / width), with
+    the per-step noise sigma estimated from successive differences (sigma^2 = mean((x_t+1 - x_t)^2) / 2,
+    von Neumann's estimator, which a slow trend barely inflates). A single lucky step moves a block by
+    1/width of its excess, so a fall from the best block is read against ``se``, not against one step."""
+    n = len(values) // width * width
+    if n < 2 * width:
+        raise ValueError(f"block_drift needs at least {2 * width} values (got {len(values)})")
+    start = len(values) - n
+    means = [statistics.fmean(values[i : i + width]) for i in range(start, len(values), width)]
+    best = max(range(len(means)), key=lambda b: means[b])
+    diffs = [b - a for a, b in zip(values[start:-1], values[start + 1 :])]
+    sigma = math.sqrt(statistics.fmean(d * d for d in diffs) / 2)
+    return {
+        "first": means[0],
+        "last": means[-1],
+        "best": means[best],
+        "best_start": start + best * width,
+        "se": sigma * math.sqrt(2 / width),
+    }
