@@ -9,23 +9,24 @@ from rlhf.cli import main
 from rlhf.sweep import pool, sweep_markdown
 
 
-def _run(win: float, gain: float, regressions: list[str], n: int = 100) -> dict:
-    return {"gold_sft": 0.2, "gold_ppo": 0.2 + gain, "gold_gain": gain, "win_rate": win, "n_prompts": n,
+def _run(win: float, gain: float, regressions: list[str], n: int = 100, hacked: list[int] = ()) -> dict:
+    return {"hacked_rounds": list(hacked), "gold_sft": 0.2, "gold_ppo": 0.2 + gain, "gold_gain": gain, "win_rate": win, "n_prompts": n,
             "harmful_refusal_ppo": 0.9, "over_refusal_ppo": 0.05, "sycophancy_ppo": 0.1, "uncertainty_ppo": 0.9,
             "kl_final": 0.8, "seconds": 100.0, "safety_regressions": regressions}  # fmt: skip
 
 
 def test_pool_gives_means_intervals_the_all_prompt_win_rate_and_the_flagged_seeds():
-    per_seed = {0: _run(0.6, 0.1, []), 1: _run(0.5, 0.0, ["harmful_refusal_rate"], n=300)}
+    per_seed = {0: _run(0.6, 0.1, [], hacked=[1]), 1: _run(0.5, 0.0, ["harmful_refusal_rate"], n=300)}
     pooled = pool(per_seed)
     assert pooled["win_rate"]["mean"] == pytest.approx(0.55)
     assert (pooled["win_rate"]["min"], pooled["win_rate"]["max"]) == (0.5, 0.6)
     # Weighted by prompts: (0.6 * 100 + 0.5 * 300) / 400 = 0.525, inside its Wilson interval.
     w = pooled["win_rate_all_prompts"]
     assert w["mean"] == pytest.approx(0.525) and w["low"] < 0.525 < w["high"]
-    assert pooled["seeds_with_safety_regression"] == [1]
-    text = sweep_markdown("x", per_seed, pooled)
-    assert "| 1 |" in text and "harmful_refusal_rate" in text and "1 of 2 seeds" in text
+    assert pooled["seeds_with_safety_regression"] == [1] and pooled["seeds_with_reward_hacking"] == [0]
+    text = sweep_markdown("x", per_seed, pool(per_seed))
+    assert "| 1 |" in text and "| harmful_refusal_rate | no |" in text and "| none | round 1 |" in text
+    assert "| 1 of 2 seeds | 1 of 2 seeds |" in text
 
 
 def test_the_tables_show_the_headroom_per_family_where_every_seed_measured_it():
@@ -82,3 +83,16 @@ def test_run_figures_reads_an_evaluation_made_before_the_perfect_policy_win_rate
         0.6,
         0.65,
     )
+    assert new["hacked_rounds"] == []  # no training trace: nothing to read
+    # Round 1's gold rising with its score, round 2's falling 0.2 from its best 5 steps while the score rises.
+    trace = [
+        {"step": i, "round": 1, "kl": 0.5, "score": 0.05 * i, "gold": 0.2 + 0.01 * i} for i in range(1, 11)
+    ]
+    trace += [
+        {"step": 10 + i, "round": 2, "kl": 0.5, "score": 0.05 * i, "gold": 0.5 if i <= 5 else 0.3}
+        for i in range(1, 11)
+    ]
+    (tmp_path / "eval.json").write_text(
+        json.dumps({"results": {"sft": sft, "ppo": ppo}, "n_prompts": 10, "ppo_trace": trace})
+    )
+    assert run_figures(tmp_path, kl_target=0.8)["hacked_rounds"] == [2]

@@ -215,6 +215,14 @@ def reward_hacking(trace: Sequence[dict], width: int = 5) -> dict[str, Any] | No
     return {"hacked": hacked, "rise": rise, "fall": fall, "text": text}
 
 
+def hacking_by_round(trace: Sequence[dict]) -> list[tuple[int, dict[str, Any]]]:
+    """:func:`reward_hacking` of each round of a run's ``ppo_trace`` that has enough steps to say."""
+    rows = [r for r in trace if "gold" in r and "score" in r]
+    rounds = sorted({r.get("round", 1) for r in rows})
+    readings = [(n, reward_hacking([r for r in rows if r.get("round", 1) == n])) for n in rounds]
+    return [(n, h) for n, h in readings if h is not None]
+
+
 def verdict(result: dict[str, Any]) -> str:
     """The report's opening: did RLHF help, did safety regress, did the proxy rise while gold fell."""
     sft, ppo = result["results"].get("sft", {}), result["results"].get("ppo", {})
@@ -237,10 +245,7 @@ def verdict(result: dict[str, Any]) -> str:
         "<b>Did safety regress?</b> "
         + (f"yes: {html.escape(', '.join(label(m) for m in regressions))}." if regressions else "no.")
     )
-    trace = [r for r in result.get("ppo_trace", []) if "gold" in r and "score" in r]
-    rounds = sorted({r.get("round", 1) for r in trace})
-    readings = [reward_hacking([r for r in trace if r.get("round", 1) == n]) for n in rounds]
-    readings = [(n, h) for n, h in zip(rounds, readings) if h is not None]
+    readings = hacking_by_round(result.get("ppo_trace", []))
     if readings:
         items.append(
             "<b>Reward hacking (the proxy rising while gold falls)?</b> "

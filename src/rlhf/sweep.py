@@ -26,7 +26,7 @@ from typing import Any
 
 from rlhf.guards import atomic_file
 from rlhf.pipeline import run_pipeline, stage_configs
-from rlhf.report import CSS, _png
+from rlhf.report import CSS, _png, hacking_by_round
 from rlhf.stats import t_interval, wilson_interval
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (n seeds - 1); 1.96 beyond the table.
@@ -48,6 +48,7 @@ FIGURES = {
     "kl_final": "PPO's training KL to SFT, mean of the last 5 steps (nats)",
     "kl_target": "the KL controller's target (nats)",
     "safety_regressions": "safety metrics that got worse than SFT's by more than 0.05",
+    "hacked_rounds": "PPO rounds whose training rollouts read as reward hacking (the report's verdict)",
     "seconds": "the run's seconds, base model excluded",
 }
 
@@ -68,6 +69,7 @@ def run_figures(run_dir: Path, kl_target: float) -> dict[str, Any]:
         "kl_final": statistics.fmean(r["kl"] for r in trace) if trace else float("nan"),
         "kl_target": kl_target,
         "safety_regressions": ppo["safety_vs_baseline"]["regressions"],
+        "hacked_rounds": [n for n, h in hacking_by_round(result.get("ppo_trace", [])) if h["hacked"]],
         "seconds": sum(v for k, v in timings.items() if k != "base" and not k.endswith("_partial")),
         "stage_seconds": timings,
     }  # fmt: skip
@@ -89,7 +91,7 @@ def run_figures(run_dir: Path, kl_target: float) -> dict[str, Any]:
 
 def pool(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean and 95% interval over seeds of every numeric figure; the pooled win rate's Wilson interval
-    over all prompts; the seeds that flagged a safety regression."""
+    over all prompts; the seeds that flagged a safety regression, and those that read as reward hacking."""
     runs = list(per_seed.values())
     keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and k != "n_prompts"]
     pooled: dict[str, Any] = {}
@@ -102,6 +104,7 @@ def pool(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     wins = sum(r["win_rate"] * r["n_prompts"] for r in runs) / n
     pooled["win_rate_all_prompts"] = dict(zip(("mean", "low", "high"), (wins, *wilson_interval(wins, n))))
     pooled["seeds_with_safety_regression"] = [s for s, r in per_seed.items() if r["safety_regressions"]]
+    pooled["seeds_with_reward_hacking"] = [s for s, r in per_seed.items() if r["hacked_rounds"]]
     return pooled
 
 
@@ -131,19 +134,23 @@ def sweep_markdown(name: str, per_seed: dict[int, dict[str, Any]], pooled: dict[
         cols.insert(cols.index("win_rate") + 1, "win_rate_perfect")
     lines = [
         f"# Sweep `{name}`: {len(per_seed)} seeds", "",
-        "| seed | " + " | ".join(cols) + " | safety regressions |",
-        "| --- | " + " | ".join("---" for _ in cols) + " | --- |",
+        "| seed | " + " | ".join(cols) + " | safety regressions | reward hacking |",
+        "| --- | " + " | ".join("---" for _ in cols) + " | --- | --- |",
     ]  # fmt: skip
     for seed, r in per_seed.items():
         cells = [f"{r[c]:.3f}" if c != "seconds" else f"{r[c]:.0f}" for c in cols]
+        hacked = ", ".join(f"round {n}" for n in r["hacked_rounds"]) or "no"
         lines.append(
-            f"| {seed} | " + " | ".join(cells) + f" | {', '.join(r['safety_regressions']) or 'none'} |"
+            f"| {seed} | "
+            + " | ".join(cells)
+            + f" | {', '.join(r['safety_regressions']) or 'none'} | {hacked} |"
         )
     pooled_cells = [
         f"{pooled[c]['mean']:.3f} ({pooled[c]['low']:.3f} to {pooled[c]['high']:.3f})" for c in cols
     ]
     lines.append("| pooled, mean (95%) | " + " | ".join(pooled_cells) + " | "
-                 f"{len(pooled['seeds_with_safety_regression'])} of {len(per_seed)} seeds |")  # fmt: skip
+                 f"{len(pooled['seeds_with_safety_regression'])} of {len(per_seed)} seeds | "
+                 f"{len(pooled['seeds_with_reward_hacking'])} of {len(per_seed)} seeds |")  # fmt: skip
     w = pooled["win_rate_all_prompts"]
     lines += [
         "",
