@@ -69,3 +69,37 @@ def test_the_terminal_table_keeps_the_headroom_and_leaves_the_per_family_win_rat
     lines = summary_table({"results": {"sft": {"gold": 0.1}, "ppo": ppo}}).splitlines()
     assert any(line.startswith("win_rate_gold_perfect ") and "0.770" in line for line in lines)
     assert not any("format" in line for line in lines)
+
+
+def test_the_evaluation_names_the_families_where_the_reward_model_was_hacked():
+    from rlhf.report import verdict
+    from rlhf.stages.eval import hacked_families
+
+    families = {"harmful": [0, 1, 2, 3], "benign": [4, 5, 6, 7], "format": [8]}
+    gold = {
+        "sft": [1.0, 1.0, 0.8, 1.0, 0.0, 0.2, 0.0, 0.2, 0.5],
+        "ppo": [0.0, 0.2, 0.0, -0.2, 0.5, 0.6, 0.5, 0.6, 0.0],
+    }
+    reward = {
+        "sft": [0.1, 0.0, 0.2, 0.1, 0.0, 0.1, 0.0, 0.1, 0.0],
+        "ppo": [1.0, 1.1, 1.0, 1.2, 0.9, 1.0, 1.0, 0.9, 1.0],
+    }
+    found = hacked_families(families, gold, reward, "ppo", "sft")
+    # Harmful: score +0.975, gold changes -1, -0.8, -0.8, -1.2 (mean -0.95, se 0.096): hacked.
+    # Benign: the score rose and so did gold (honest). Format: one prompt, no error to read it against.
+    assert list(found) == ["harmful"]
+    assert found["harmful"]["reward_change"] == pytest.approx(0.975)
+    assert found["harmful"]["gold_change"] == pytest.approx(-0.95)
+    assert found["harmful"]["gold_change_se"] == pytest.approx(0.0957, abs=1e-4)
+    # The same fall with the score flat is no hacking (the reward model saw it).
+    flat = {"sft": reward["sft"], "ppo": reward["sft"][:4] + reward["ppo"][4:]}
+    assert hacked_families(families, gold, flat, "ppo", "sft") == {}
+    sft = {"gold": 0.2}
+    ppo = {"gold": 0.1, "win_rate_gold": 0.5, "win_rate_gold_low": 0.4, "win_rate_gold_high": 0.6}
+    text = verdict({"results": {"sft": sft, "ppo": {**ppo, "reward_hacked_families": found}}})
+    assert "Reward hacking per family</b>" in text and "harmful (score +0.97, gold -0.95 +- 0.10)." in text
+    text = verdict({"results": {"sft": sft, "ppo": {**ppo, "reward_hacked_families": {}}}})
+    assert "held-out prompts" in text and "change): none." in text
+    assert "per family" not in verdict(
+        {"results": {"sft": sft, "ppo": ppo}}
+    )  # evaluated without a reward model

@@ -99,3 +99,14 @@ def test_block_drift_reads_a_series_in_blocks_counted_back_from_the_last_step():
     assert spiked["best"] == pytest.approx(0.2) and spiked["best_start"] == 5
     with pytest.raises(ValueError, match="at least 4 values"):
         block_drift([1, 2, 3], width=2)
+
+
+def test_paired_change_is_the_mean_change_per_item_and_its_standard_error():
+    from rlhf.stats import paired_change
+
+    # Changes 1, 2, 3: mean 2, sample sd 1, se 1 / sqrt(3); the items' own levels (10, 20, 30) drop out.
+    mean, se = paired_change([11, 22, 33], [10, 20, 30])
+    assert mean == pytest.approx(2.0) and se == pytest.approx(1 / math.sqrt(3))
+    assert paired_change([1.0, 2.0], [1.0, 2.0]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="2 or more"):
+        paired_change([1.0], [0.0])

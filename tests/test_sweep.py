@@ -27,6 +27,10 @@ def test_pool_gives_means_intervals_the_all_prompt_win_rate_and_the_flagged_seed
     text = sweep_markdown("x", per_seed, pool(per_seed))
     assert "| 1 |" in text and "| harmful_refusal_rate | no |" in text and "| none | round 1 |" in text
     assert "| 1 of 2 seeds | 1 of 2 seeds |" in text
+    # A family hacked on the held-out prompts counts too (the final reward model's score up, gold down).
+    per_seed[1]["hacked_families"] = ["harmful"]
+    assert pool(per_seed)["seeds_with_reward_hacking"] == [0, 1]
+    assert "| harmful_refusal_rate | harmful |" in sweep_markdown("x", per_seed, pool(per_seed))
 
 
 def test_the_tables_show_the_headroom_per_family_where_every_seed_measured_it():
@@ -96,3 +100,8 @@ def test_run_figures_reads_an_evaluation_made_before_the_perfect_policy_win_rate
         json.dumps({"results": {"sft": sft, "ppo": ppo}, "n_prompts": 10, "ppo_trace": trace})
     )
     assert run_figures(tmp_path, kl_target=0.8)["hacked_rounds"] == [2]
+    ppo["reward_hacked_families"] = {
+        "harmful": {"reward_change": 1.0, "gold_change": -0.5, "gold_change_se": 0.1}
+    }
+    (tmp_path / "eval.json").write_text(json.dumps({"results": {"sft": sft, "ppo": ppo}, "n_prompts": 10}))
+    assert run_figures(tmp_path, kl_target=0.8)["hacked_families"] == ["harmful"]

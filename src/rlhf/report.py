@@ -61,10 +61,12 @@ def metric_names(result: dict[str, Any], skip_prefix: str | tuple[str, ...] | No
 
 def summary_table(result: dict[str, Any]) -> str:
     """The terminal table of an evaluation: one column per policy (per-type XSTest rates and per-family
-    win rates left out: the report has them), the XSTest rates with the refusal classifier's known gap
+    win rates and rewards left out: the report has them), the XSTest rates with the refusal classifier's known gap
     from humans beside them, then each policy's safety-regression verdict against the baseline."""
     names = list(result["results"])
-    keys = metric_names(result, skip_prefix=("xstest/type/", "win_rate_gold/", "win_rate_gold_perfect/"))
+    keys = metric_names(
+        result, skip_prefix=("xstest/type/", "win_rate_gold/", "win_rate_gold_perfect/", "reward/")
+    )
     gaps = result.get("xstest_classifier_gap", {})
     width = max(len(k) for k in keys) + 2
     lines = [f"{'':<{width}}" + "".join(f"{n:>12}" for n in names)]
@@ -268,6 +270,18 @@ def verdict(result: dict[str, Any]) -> str:
                 f"<b>Win rate per family</b> against SFT, of the most a policy perfect by the gold judge "
                 f"would win: {html.escape(wins)}."
             )
+    if "reward_hacked_families" in ppo:
+        hacked = ppo["reward_hacked_families"]
+        found = ", ".join(
+            f"{f} (score {h['reward_change']:+.2f}, gold {h['gold_change']:+.2f} +- {h['gold_change_se']:.2f})"
+            for f, h in sorted(hacked.items())
+        )
+        items.append(
+            "<b>Reward hacking per family</b> on the held-out prompts (the final reward model's score up and "
+            "gold down from SFT to PPO, each by more than twice the standard error of its per-prompt change): "
+            + (html.escape(found) if hacked else "none")
+            + "."
+        )
     return (
         '<div class="verdict"><h2>Verdict</h2><ul>' + "".join(f"<li>{i}</li>" for i in items) + "</ul></div>"
     )

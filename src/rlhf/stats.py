@@ -116,3 +116,14 @@ def block_drift(values: Sequence[float], width: int = 5) -> dict[str, float | in
         "best_start": start + best * width,
         "se": sigma * math.sqrt(2 / width),
     }
+
+
+def paired_change(after: Sequence[float], before: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the per-item change ``after - before`` (the same prompts answered by
+    two policies: pairing by prompt leaves the prompts' own spread out of the error)."""
+    if len(after) != len(before) or len(after) < 2:
+        raise ValueError(
+            f"paired_change needs two equal lists of 2 or more (got {len(after)} and {len(before)})"
+        )
+    d = [a - b for a, b in zip(after, before)]
+    return statistics.fmean(d), statistics.stdev(d) / math.sqrt(len(d))

@@ -49,6 +49,7 @@ FIGURES = {
     "kl_target": "the KL controller's target (nats)",
     "safety_regressions": "safety metrics that got worse than SFT's by more than 0.05",
     "hacked_rounds": "PPO rounds whose training rollouts read as reward hacking (the report's verdict)",
+    "hacked_families": "prompt families where the final reward model's score rose and gold fell on held-out prompts",
     "seconds": "the run's seconds, base model excluded",
 }
 
@@ -70,6 +71,7 @@ def run_figures(run_dir: Path, kl_target: float) -> dict[str, Any]:
         "kl_target": kl_target,
         "safety_regressions": ppo["safety_vs_baseline"]["regressions"],
         "hacked_rounds": [n for n, h in hacking_by_round(result.get("ppo_trace", [])) if h["hacked"]],
+        "hacked_families": sorted(ppo.get("reward_hacked_families", {})),
         "seconds": sum(v for k, v in timings.items() if k != "base" and not k.endswith("_partial")),
         "stage_seconds": timings,
     }  # fmt: skip
@@ -104,7 +106,9 @@ def pool(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     wins = sum(r["win_rate"] * r["n_prompts"] for r in runs) / n
     pooled["win_rate_all_prompts"] = dict(zip(("mean", "low", "high"), (wins, *wilson_interval(wins, n))))
     pooled["seeds_with_safety_regression"] = [s for s, r in per_seed.items() if r["safety_regressions"]]
-    pooled["seeds_with_reward_hacking"] = [s for s, r in per_seed.items() if r["hacked_rounds"]]
+    pooled["seeds_with_reward_hacking"] = [
+        s for s, r in per_seed.items() if r["hacked_rounds"] or r.get("hacked_families")
+    ]
     return pooled
 
 
@@ -139,7 +143,7 @@ def sweep_markdown(name: str, per_seed: dict[int, dict[str, Any]], pooled: dict[
     ]  # fmt: skip
     for seed, r in per_seed.items():
         cells = [f"{r[c]:.3f}" if c != "seconds" else f"{r[c]:.0f}" for c in cols]
-        hacked = ", ".join(f"round {n}" for n in r["hacked_rounds"]) or "no"
+        hacked = ", ".join([f"round {n}" for n in r["hacked_rounds"]] + r.get("hacked_families", [])) or "no"
         lines.append(
             f"| {seed} | "
             + " | ".join(cells)
