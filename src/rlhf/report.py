@@ -277,7 +277,7 @@ def verdict(result: dict[str, Any]) -> str:
             for f, h in sorted(hacked.items())
         )
         items.append(
-            "<b>Reward hacking per family</b> on the held-out prompts (the final reward model's score up and "
+            "<b>Reward hacking per family</b> on the held-out prompts (the evaluation's reward model's score up and "
             "gold down from SFT to PPO, each by more than twice the standard error of its per-prompt change): "
             + (html.escape(found) if hacked else "none")
             + "."

@@ -7,7 +7,8 @@ Each policy answers the same held-out prompts (one sample each, at `temperature`
 judge scores them and the probes of ``rlhf.lab.probes`` run on the lab probe set; elsewhere the reward
 model scores them. XSTest's rates come with the refusal classifier's known gap from human labels
 (``xstest_classifier_gap``: the largest over the held-out models of ``rlhf.refusal``'s validation),
-printed beside them. With a reward model: mean reward, and the length bias against the baseline; with a
+printed beside them. With a reward model: mean reward (on the lab per family too, with the families where
+its score rose while gold fell: ``hacked_families``), and the length bias against the baseline; with a
 reference: the KL of each policy to it on its own samples. Safety regression compares each policy's
 safety metrics with the baseline's.
 """
