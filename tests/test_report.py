@@ -97,9 +97,9 @@ def test_the_evaluation_names_the_families_where_the_reward_model_was_hacked():
     sft = {"gold": 0.2}
     ppo = {"gold": 0.1, "win_rate_gold": 0.5, "win_rate_gold_low": 0.4, "win_rate_gold_high": 0.6}
     text = verdict({"results": {"sft": sft, "ppo": {**ppo, "reward_hacked_families": found}}})
-    assert "Reward hacking per family</b>" in text and "harmful (score +0.97, gold -0.95 +- 0.10)." in text
+    assert "per family, on the held-out prompts?</b> yes: harmful (score +0.97, gold -0.95 +- 0.10): " in text
     text = verdict({"results": {"sft": sft, "ppo": {**ppo, "reward_hacked_families": {}}}})
-    assert "held-out prompts" in text and "change): none." in text
+    assert "per family, on the held-out prompts?</b> no: " in text
     assert "per family" not in verdict(
         {"results": {"sft": sft, "ppo": ppo}}
     )  # evaluated without a reward model
