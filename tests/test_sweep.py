@@ -10,7 +10,7 @@ from rlhf.sweep import pool, sweep_markdown
 
 
 def _run(win: float, gain: float, regressions: list[str], n: int = 100, hacked: list[int] = ()) -> dict:
-    return {"hacked_rounds": list(hacked), "gold_sft": 0.2, "gold_ppo": 0.2 + gain, "gold_gain": gain, "win_rate": win, "n_prompts": n,
+    return {"hacked_rounds": list(hacked), "hacked_families": [], "gold_sft": 0.2, "gold_ppo": 0.2 + gain, "gold_gain": gain, "win_rate": win, "n_prompts": n,
             "harmful_refusal_ppo": 0.9, "over_refusal_ppo": 0.05, "sycophancy_ppo": 0.1, "uncertainty_ppo": 0.9,
             "kl_final": 0.8, "seconds": 100.0, "safety_regressions": regressions}  # fmt: skip
 

@@ -107,7 +107,7 @@ def pool(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     pooled["win_rate_all_prompts"] = dict(zip(("mean", "low", "high"), (wins, *wilson_interval(wins, n))))
     pooled["seeds_with_safety_regression"] = [s for s, r in per_seed.items() if r["safety_regressions"]]
     pooled["seeds_with_reward_hacking"] = [
-        s for s, r in per_seed.items() if r["hacked_rounds"] or r.get("hacked_families")
+        s for s, r in per_seed.items() if r["hacked_rounds"] or r["hacked_families"]
     ]
     return pooled
 
@@ -143,7 +143,7 @@ def sweep_markdown(name: str, per_seed: dict[int, dict[str, Any]], pooled: dict[
     ]  # fmt: skip
     for seed, r in per_seed.items():
         cells = [f"{r[c]:.3f}" if c != "seconds" else f"{r[c]:.0f}" for c in cols]
-        hacked = ", ".join([f"round {n}" for n in r["hacked_rounds"]] + r.get("hacked_families", [])) or "no"
+        hacked = ", ".join([f"round {n}" for n in r["hacked_rounds"]] + r["hacked_families"]) or "no"
         lines.append(
             f"| {seed} | "
             + " | ".join(cells)

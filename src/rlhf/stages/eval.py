@@ -59,10 +59,8 @@ def hacked_families(
     for family, rows in families.items():
         if len(rows) < 2:  # no error to read a change against
             continue
-        d_reward, se_reward = paired_change(
-            [rewards[name][j] for j in rows], [rewards[baseline][j] for j in rows]
-        )
-        d_gold, se_gold = paired_change([gold[name][j] for j in rows], [gold[baseline][j] for j in rows])
+        d_reward, se_reward = paired_change(*([rewards[p][j] for j in rows] for p in (name, baseline)))
+        d_gold, se_gold = paired_change(*([gold[p][j] for j in rows] for p in (name, baseline)))
         if d_reward > 2 * se_reward and d_gold < -2 * se_gold:
             out[family] = {"reward_change": d_reward, "gold_change": d_gold, "gold_change_se": se_gold}
     return out
